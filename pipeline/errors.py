@@ -1,0 +1,30 @@
+"""Errors reported to users: each names the file (or config key) and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """A bad input file or folder.
+
+    Args:
+        path: the offending file or folder.
+        problem: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class InputErrors(InputError):
+    """Several bad inputs found in one pass; the message lists every one of them."""
+
+    def __init__(self, errors: list[InputError]) -> None:
+        self.errors = list(errors)
+        lines = "\n".join(f"  - {e}" for e in self.errors)
+        ValueError.__init__(self, f"{len(self.errors)} bad input(s):\n{lines}")
+        self.path = self.errors[0].path if self.errors else ""
+        self.problem = str(self)
