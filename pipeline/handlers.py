@@ -89,16 +89,22 @@ class LearningCurves:
         self._losses.append(float(out[self.loss_key]))
 
     def _train_epoch(self, engine: Engine) -> None:
-        row = {"epoch": engine.state.epoch, "train_loss": float(np.mean(self._losses)) if self._losses else np.nan}
+        row = self._row(engine.state.epoch)
+        row["train_loss"] = float(np.mean(self._losses)) if self._losses else np.nan
         row.update({k: float(engine.state.metrics[k]) for k in self.train_metrics if k in engine.state.metrics})
-        self.rows.append(row)
         self._losses = []
+        self.write_csv()
 
     def _val_epoch(self, evaluator: Engine) -> None:
-        if not self.rows:
-            return
-        self.rows[-1].update({k: float(v) for k, v in evaluator.state.metrics.items() if np.isscalar(v)})
+        # validation runs inside the trainer's EPOCH_COMPLETED, before or after _train_epoch
+        epoch = self._trainer.state.epoch if self._trainer is not None else evaluator.state.epoch
+        self._row(epoch).update({k: float(v) for k, v in evaluator.state.metrics.items() if np.isscalar(v)})
         self.write_csv()
+
+    def _row(self, epoch: int) -> dict[str, float]:
+        if not self.rows or self.rows[-1]["epoch"] != epoch:
+            self.rows.append({"epoch": epoch})
+        return self.rows[-1]
 
     def write_csv(self) -> Path:
         """Write the table of metrics per epoch."""
