@@ -16,6 +16,7 @@ from pipeline.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.synth", "generate a synthetic chest-CT cohort in the MosMedData layout"),
     "datalist": ("pipeline.cohort", "turn a cohort folder into a MONAI datalist JSON with splits"),
+    "report": ("pipeline.report", "metrics with bootstrap intervals and a self-contained HTML report"),
     "infer": ("pipeline.dicom_infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
 }
 

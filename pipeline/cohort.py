@@ -312,7 +312,11 @@ def read_datalist(path: str | os.PathLike, root: str | os.PathLike | None = None
                 raise InputError(path, f"{key}[{n}]: each item needs an 'image' key")
             image = (base / it["image"]).resolve()
             if limit is not None and not image.is_relative_to(limit):
-                raise InputError(path, f"{key}[{n}]: image {it['image']!r} lies outside the data root {limit}")
+                raise InputError(
+                    path,
+                    f"{key}[{n}]: image {it['image']!r} lies outside the data root {limit} "
+                    "(set --data_root, or --allow_outside_data_root true if you trust this datalist)",
+                )
             resolved.append({**it, "image": str(image)})
         out[key] = resolved
     return out
@@ -327,15 +331,17 @@ def load_split(
     normal: Sequence[str] = DEFAULT_NORMAL,
     abnormal: Sequence[str] = DEFAULT_ABNORMAL,
     check: bool = True,
+    data_root: str | None = None,
 ) -> dict[str, list[dict]]:
     """Training and validation items for a bundle run, from a datalist JSON or a cohort folder.
 
     A datalist with both ``training`` and ``validation`` is used as it is (unless ``fold`` is
     given); otherwise its ``training`` list (or the cohort's labelled studies) is split.
-    Every image is header-checked first, and one error lists all bad files.
+    Every image is header-checked first, and one error lists all bad files. With ``data_root``,
+    datalist images must lie inside it (see :func:`read_datalist`).
     """
     if datalist:
-        lists = read_datalist(datalist)
+        lists = read_datalist(datalist, root=data_root)
         if fold is None and lists.get("validation"):
             out = {"training": lists.get("training", []), "validation": lists["validation"]}
         else:
@@ -360,14 +366,16 @@ def load_items(
     abnormal: Sequence[str] = DEFAULT_ABNORMAL,
     require_label: bool = False,
     check: bool = True,
+    data_root: str | None = None,
 ) -> list[dict]:
     """Every item of a cohort or datalist, for evaluation or inference (labels when known).
 
     ``dataset_dir`` may also be a single NIfTI file or DICOM series folder. A datalist
-    contributes all of its lists (``testing``, ``validation``, ``training``), without duplicates.
+    contributes all of its lists (``testing``, ``validation``, ``training``), without duplicates;
+    with ``data_root``, its images must lie inside it (see :func:`read_datalist`).
     """
     if datalist:
-        lists = read_datalist(datalist)
+        lists = read_datalist(datalist, root=data_root)
         seen, items = set(), []
         for key in ("testing", "validation", "training"):
             for it in lists.get(key, []):

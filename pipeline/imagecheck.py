@@ -3,8 +3,8 @@
 A NIfTI file is checked from its header and, for ``.nii.gz``, from the gzip trailer (the
 uncompressed size the stream claims), so corrupt, truncated, mislabelled, 2D/4D and absurdly
 large images are refused in milliseconds with a message naming the file and the problem.
-A DICOM series folder is checked for at least one readable DICOM file; the series itself is
-vetted by :mod:`pipeline.dicom` when it is picked.
+A DICOM series folder must hold one series forming a regular axial CT volume (checked from the
+headers by :mod:`pipeline.dicom`): a folder of several series or a single slice is refused.
 """
 
 from __future__ import annotations
@@ -150,6 +150,17 @@ def check_nifti(path: str | os.PathLike) -> ImageHeader:
     return ImageHeader(str(path), shape, zooms, str(dtype), axcodes)  # type: ignore[arg-type]
 
 
+def check_dicom_series(path: str | os.PathLike) -> None:
+    """Refuse a DICOM folder unless it holds exactly one series that is a regular axial CT volume."""
+    from pipeline.dicom import find_series, select_axial_ct_series  # pydicom/highdicom only when needed
+
+    series = find_series(path)
+    if len(series) > 1:
+        listed = "; ".join(map(str, series))
+        raise InputError(path, f"holds {len(series)} series ({listed}); pass the folder of one series")
+    select_axial_ct_series(series, path)
+
+
 def check_image(path: str | os.PathLike) -> ImageHeader | None:
     """Check a NIfTI file or a DICOM series folder before loading it.
 
@@ -160,6 +171,7 @@ def check_image(path: str | os.PathLike) -> ImageHeader | None:
     if p.is_dir():
         if not is_dicom_dir(p):
             raise InputError(p, "folder holds no DICOM files")
+        check_dicom_series(p)
         return None
     if is_nifti(p):
         return check_nifti(p)
