@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datalist": ("pipeline.cohort", "turn a cohort folder into a MONAI datalist JSON with splits"),
     "report": ("pipeline.report", "metrics with bootstrap intervals and a self-contained HTML report"),
     "infer": ("pipeline.dicom_infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
+    "cv-summary": ("pipeline.cv", "mean and sd of each metric over the folds of a cross-validation"),
 }
 
 

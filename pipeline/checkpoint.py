@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine
 from ignite.handlers import DiskSaver
@@ -57,6 +58,8 @@ class AtomicDiskSaver(DiskSaver):
         self._replaced: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != self.save_on_rank:  # under torch.distributed one rank writes
+            return
         name = self.filename or filename
         with atomic_path(Path(self.dirname) / name) as tmp:
             torch.save(checkpoint, tmp)
@@ -67,7 +70,8 @@ class AtomicDiskSaver(DiskSaver):
 
     def remove(self, filename: str) -> None:
         """Called by ignite just before it saves the replacement: remember the file, delete it after the save."""
-        self._replaced.append(self.filename or filename)
+        if idist.get_rank() == self.save_on_rank:
+            self._replaced.append(self.filename or filename)
 
 
 class CheckpointSaver(_MonaiCheckpointSaver):

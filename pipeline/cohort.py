@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_write_text
 from pipeline.errors import InputError
-from pipeline.imagecheck import check_images, is_dicom_dir, is_nifti
+from pipeline.imagecheck import check_images, is_dicom_dir, is_dicom_file, is_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def discover(cohort: str | os.PathLike, labels_csv: str | os.PathLike | None = N
         raise InputError(root, "cohort not found")
     if labels_csv is not None:
         studies = _from_labels_csv(root, Path(labels_csv))
-    elif root.is_file() or is_dicom_dir(root):
+    elif root.is_file() or any(is_dicom_file(p) for p in root.iterdir()):  # a DICOM series folder
         studies = [Study(study_id_of(root), str(root))]
     else:
         cat_dirs = _category_dirs(root)
@@ -332,6 +332,7 @@ def load_split(
     abnormal: Sequence[str] = DEFAULT_ABNORMAL,
     check: bool = True,
     data_root: str | None = None,
+    n_folds: int = 5,
 ) -> dict[str, list[dict]]:
     """Training and validation items for a bundle run, from a datalist JSON or a cohort folder.
 
@@ -345,9 +346,9 @@ def load_split(
         if fold is None and lists.get("validation"):
             out = {"training": lists.get("training", []), "validation": lists["validation"]}
         else:
-            out = split(lists.get("training", []), fold, val_fraction, seed)
+            out = split(lists.get("training", []), fold, val_fraction, seed, n_folds)
     elif dataset_dir:
-        out = split(to_items(discover(dataset_dir), normal, abnormal), fold, val_fraction, seed)
+        out = split(to_items(discover(dataset_dir), normal, abnormal), fold, val_fraction, seed, n_folds)
     else:
         raise ValueError("give dataset_dir (a cohort folder) or datalist (a JSON file)")
     for key in ("training", "validation"):

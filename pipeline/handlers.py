@@ -13,10 +13,13 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import default_prepare_batch
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 from pipeline.cohort import CLASS_NAMES, study_id_of
@@ -31,6 +34,17 @@ def class_output(output: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     pred = torch.stack([torch.as_tensor(o["pred"]) for o in output])
     label = torch.stack([torch.as_tensor(o["label"]).reshape(-1) for o in output])
     return pred, label.argmax(dim=1) if label.shape[1] > 1 else label[:, 0].long()
+
+
+def prepare_float_batch(
+    batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """MONAI's ``default_prepare_batch``, with the image cast to float32 once it is on the device.
+
+    The cache holds float16 volumes (half the memory); the network gets float32 (or AMP's choice).
+    """
+    image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    return image.float(), label
 
 
 def logits_output(output: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +120,10 @@ class LearningCurves:
             self.rows.append({"epoch": epoch})
         return self.rows[-1]
 
-    def write_csv(self) -> Path:
-        """Write the table of metrics per epoch."""
+    def write_csv(self) -> Path | None:
+        """Write the table of metrics per epoch (on rank 0 only under ``torch.distributed``)."""
+        if idist.get_rank() != 0:
+            return None
         keys = list(dict.fromkeys(k for row in self.rows for k in row))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=keys)
@@ -116,8 +132,8 @@ class LearningCurves:
         return atomic_write_text(self.output_dir / "learning_curves.csv", buf.getvalue())
 
     def plot(self, _engine: Engine | None = None) -> Path | None:
-        """Plot loss, accuracy and AUC per epoch, train against validation."""
-        if not self.rows:
+        """Plot loss, accuracy and AUC per epoch, train against validation (on rank 0 only)."""
+        if not self.rows or idist.get_rank() != 0:
             return None
         import matplotlib
 

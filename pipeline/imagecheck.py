@@ -151,13 +151,25 @@ def check_nifti(path: str | os.PathLike) -> ImageHeader:
 
 
 def check_dicom_series(path: str | os.PathLike) -> None:
-    """Refuse a DICOM folder unless it holds exactly one series that is a regular axial CT volume."""
+    """Refuse a DICOM folder unless it holds exactly one series that is a regular axial CT volume.
+
+    The series' files must lie directly in the folder, with nothing else beside them (hidden files
+    aside): MONAI's DICOM readers read every file of the folder as a slice.
+    """
     from pipeline.dicom import find_series, select_axial_ct_series  # pydicom/highdicom only when needed
 
     series = find_series(path)
     if len(series) > 1:
         listed = "; ".join(map(str, series))
         raise InputError(path, f"holds {len(series)} series ({listed}); pass the folder of one series")
+    others = sorted(p.name for p in Path(path).iterdir() if not p.name.startswith(".") and not is_dicom_file(p))
+    if others:
+        shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+        raise InputError(
+            path,
+            f"holds {len(others)} entries that are not DICOM slices ({shown}); a series folder "
+            "may hold only the series' files",
+        )
     select_axial_ct_series(series, path)
 
 

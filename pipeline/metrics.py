@@ -278,7 +278,8 @@ def youden_threshold(labels: Sequence[int] | np.ndarray, probs: Sequence[float] 
     if y.min() == y.max():
         raise ValueError("Youden's J needs both classes")
     fpr, tpr, thresholds = _roc(y, p)
-    best = int(np.argmax(tpr[1:] - fpr[1:])) + 1  # argmax keeps the first, i.e. highest, threshold
+    j = tpr[1:] - fpr[1:]
+    best = int(np.flatnonzero(j >= j.max() - 1e-12)[0]) + 1  # the first, i.e. highest, of (rounding-)tied thresholds
     return float(thresholds[best])
 
 

@@ -1,8 +1,12 @@
 """Synthetic chest-CT phantom: anatomy, normal findings and COVID-19-like opacities in HU.
 
-One study is a non-contrast chest CT in the MosMedData geometry: ``matrix x matrix x (33-54)``
-voxels, in-plane pixel 0.58-1.15 mm (at a 512 matrix), 8 mm slices, LAS orientation, int16 HU.
-Voxel arrays are indexed ``(x, y, z)`` = (towards patient left, towards anterior, towards superior).
+One study is a non-contrast chest CT. The scanner profile ``"mosmed"`` (default) gives the
+MosMedData geometry: ``matrix x matrix x (33-54)`` voxels, in-plane pixel 0.58-1.15 mm (at a 512
+matrix), 8 mm slices, LAS orientation, int16 HU. The profile ``"shifted"`` draws the scanner from
+another distribution (2.5-5 mm slices over the same 264-432 mm coverage, RAS orientation, lower
+noise, sharper kernels, other padding, a 384 default matrix) while patient and lesions keep theirs.
+Voxel arrays are built as ``(x, y, z)`` = (towards patient left, towards anterior, towards superior)
+and flipped along x for RAS output.
 
 Anatomy and smooth random fields are built on a working grid of at most 256 pixels a side and
 upsampled bilinearly; scanner noise is added at full resolution. Every random draw comes from the
@@ -35,13 +39,16 @@ SLICE_RANGE = (33, 54)
 PIXEL_RANGE_512 = (0.58, 1.15)
 #: Largest working grid (pixels a side) on which anatomy is built before upsampling.
 WORK_MAX = 256
-#: Values scanners write outside the reconstructed circle.
-PADDING_VALUES = (-3024, -2048, -2000, -1024)
 HU_MIN, HU_MAX = -1024, 3071
 AIR_HU = -1000.0
 #: Reconstruction kernels: (image blur sigma, unsharp-mask sigma, noise correlation sigma) in
 #: pixels of a 512 matrix; 0 = none.
-KERNELS = {"smooth": (1.2, 0.0, 2.0), "standard": (0.0, 0.0, 1.4), "sharp": (0.0, 1.5, 0.9)}
+KERNELS = {
+    "smooth": (1.2, 0.0, 2.0),
+    "standard": (0.0, 0.0, 1.4),
+    "sharp": (0.0, 1.5, 0.9),
+    "lung": (0.0, 1.0, 0.6),
+}
 #: First branches of each pulmonary vessel tree from the hilum (x towards that lung's side).
 ROOT_DIRECTIONS = (
     (0.3, 0.2, 1.0),
@@ -54,6 +61,64 @@ ROOT_DIRECTIONS = (
 )
 
 
+@dataclass(frozen=True)
+class ScannerProfile:
+    """The distribution a cohort's scanner settings are drawn from (patient and lesions never depend on it).
+
+    Attributes:
+        name: profile name, recorded in the manifest.
+        slice_mm: (low, high) slice spacing in mm, drawn uniformly; equal bounds draw nothing.
+        kernels: reconstruction kernels (keys of :data:`KERNELS`) to draw from.
+        kernel_p: their probabilities; ``None`` = uniform.
+        noise_hu: (low, high) standard deviation of the scanner noise in HU.
+        padding_hu: values written outside the reconstructed circle, drawn uniformly.
+        orientation: ``"LAS"`` or ``"RAS"`` axis codes of the saved arrays.
+        matrix: in-plane size used when the caller gives none.
+    """
+
+    name: str
+    slice_mm: tuple[float, float]
+    kernels: tuple[str, ...]
+    kernel_p: tuple[float, ...] | None
+    noise_hu: tuple[float, float]
+    padding_hu: tuple[int, ...]
+    orientation: str
+    matrix: int
+
+
+SCANNERS: dict[str, ScannerProfile] = {
+    "mosmed": ScannerProfile(
+        name="mosmed",
+        slice_mm=(SLICE_SPACING_MM, SLICE_SPACING_MM),
+        kernels=("smooth", "standard", "sharp"),
+        kernel_p=None,
+        noise_hu=(10.0, 40.0),
+        padding_hu=(-3024, -2048, -2000, -1024),
+        orientation="LAS",
+        matrix=512,
+    ),
+    "shifted": ScannerProfile(
+        name="shifted",
+        slice_mm=(2.5, 5.0),
+        kernels=("standard", "sharp", "lung"),
+        kernel_p=(0.2, 0.4, 0.4),
+        noise_hu=(5.0, 15.0),
+        padding_hu=(-1024, -1000),
+        orientation="RAS",
+        matrix=384,
+    ),
+}
+
+
+def get_scanner(scanner: str | ScannerProfile) -> ScannerProfile:
+    """The :class:`ScannerProfile` named ``scanner`` (a profile is returned as is); ``ValueError`` if unknown."""
+    if isinstance(scanner, ScannerProfile):
+        return scanner
+    if scanner not in SCANNERS:
+        raise ValueError(f"unknown scanner {scanner!r}; choose from {', '.join(SCANNERS)}")
+    return SCANNERS[scanner]
+
+
 @dataclass
 class SyntheticStudy:
     """One generated study.
@@ -61,7 +126,8 @@ class SyntheticStudy:
     Attributes:
         image: int16 HU, shape ``(matrix, matrix, slices)`` in (x, y, z) voxel order as saved.
         mask: uint8 lesion mask (1 = opacity), same shape.
-        affine: 4x4 voxel-to-world (RAS mm) matrix; axis codes ``("L", "A", "S")``.
+        affine: 4x4 voxel-to-world (RAS mm) matrix; axis codes those of the scanner profile,
+            ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``.
         lesion_fraction: lesion voxels / lung voxels, measured on ``mask``.
         params: every drawn parameter (patient, scanner, lesions), JSON-serialisable.
     """
@@ -126,19 +192,26 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma_mm
     return ((out - out.mean()) / (out.std() + 1e-6)).astype(np.float32)
 
 
-def draw_nuisance(rng: np.random.Generator, matrix: int, n_slices: int | None = None) -> dict[str, Any]:
-    """Draw patient, breathing and scanner parameters (never depends on the category)."""
+def draw_nuisance(
+    rng: np.random.Generator, matrix: int, n_slices: int | None = None, scanner: ScannerProfile = SCANNERS["mosmed"]
+) -> dict[str, Any]:
+    """Draw patient, breathing and scanner parameters (never depends on the category).
+
+    The craniocaudal coverage is that of 33-54 MosMedData slices of 8 mm in every profile; the
+    slice count is the coverage over the profile's slice spacing, or ``n_slices`` when given (then
+    the coverage is ``n_slices`` times the spacing). The ``"mosmed"`` profile draws exactly the
+    numbers it always drew, so its studies stay byte-identical for a seed.
+    """
     u = rng.uniform
-    n = int(rng.integers(SLICE_RANGE[0], SLICE_RANGE[1] + 1)) if n_slices is None else int(n_slices)
+    n_ref = int(rng.integers(SLICE_RANGE[0], SLICE_RANGE[1] + 1)) if n_slices is None else None
     pixel_512 = u(*PIXEL_RANGE_512)
     fov = 512 * pixel_512
-    extent = n * SLICE_SPACING_MM
     # MosMedData coverage: from just above the apices to just below the diaphragm domes
     lung_base = u(0.0, 2 * SLICE_SPACING_MM)
-    lung_top = extent - u(-SLICE_SPACING_MM, 2.5 * SLICE_SPACING_MM)
-    kernel = str(rng.choice(list(KERNELS)))
-    return {
-        "n_slices": n,
+    top_margin = u(-SLICE_SPACING_MM, 2.5 * SLICE_SPACING_MM)
+    kernel = str(rng.choice(list(scanner.kernels), p=scanner.kernel_p))
+    p = {
+        "scanner": scanner.name,
         "pixel_mm": fov / matrix,
         "fov_mm": fov,
         # body: lateral / AP semi-axes (mm), capped so the lungs stay in the field of view
@@ -150,8 +223,7 @@ def draw_nuisance(rng: np.random.Generator, matrix: int, n_slices: int | None = 
         "shift_x_mm": u(-15.0, 15.0),
         "shift_y_mm": u(-25.0, 10.0),
         "table_gap_mm": u(5.0, 40.0),
-        # breathing: lung height, base position in the scan, parenchymal density
-        "lung_height_mm": lung_top - lung_base,
+        # breathing: base position in the scan, parenchymal density (lung height below)
         "lung_base_mm": lung_base,
         "dome_mm": u(30.0, 55.0),
         "right_dome_extra_mm": u(5.0, 20.0),
@@ -172,10 +244,16 @@ def draw_nuisance(rng: np.random.Generator, matrix: int, n_slices: int | None = 
         "rib_phase_mm": u(0.0, 30.0),
         # scanner
         "kernel": kernel,
-        "noise_hu": u(10.0, 40.0),
-        "padding_hu": int(rng.choice(PADDING_VALUES)),
+        "noise_hu": u(*scanner.noise_hu),
+        "padding_hu": int(rng.choice(scanner.padding_hu)),
         "origin_z_mm": u(-450.0, -150.0),
     }
+    lo, hi = scanner.slice_mm
+    dz = lo if lo == hi else u(lo, hi)
+    n = int(n_slices) if n_ref is None else max(1, round(n_ref * SLICE_SPACING_MM / dz))
+    extent = n_ref * SLICE_SPACING_MM if n_ref is not None else n * dz
+    p.update(slice_mm=dz, n_slices=n, coverage_mm=extent, lung_height_mm=extent - top_margin - lung_base)
+    return p
 
 
 def draw_lesions(rng: np.random.Generator, category: str) -> dict[str, Any]:
@@ -233,9 +311,10 @@ def _vessel_points(rng: np.random.Generator, p: dict[str, Any], hila: list[np.nd
     return np.concatenate(points), np.concatenate(point_radii)
 
 
-def _splat_vessels(points, radii, to_index, shape, pixel: float) -> np.ndarray:
-    """Vessel volume fraction per voxel: each point deposits its share of ``pi r^2 dl`` and is
-    spread in-plane by a Gaussian of the same area (so thin in-plane vessels get partial volume)."""
+def _splat_vessels(points, radii, to_index, shape, pixel: float, dz: float) -> np.ndarray:
+    """Vessel volume fraction per voxel (``pixel`` x ``pixel`` x ``dz`` mm): each point deposits its
+    share of ``pi r^2 dl`` and is spread in-plane by a Gaussian of the same area (so thin in-plane
+    vessels get partial volume)."""
     idx = to_index(points)
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
     idx, radii = idx[inside], radii[inside]
@@ -246,7 +325,7 @@ def _splat_vessels(points, radii, to_index, shape, pixel: float) -> np.ndarray:
         sel = (radii >= lo) & (radii < hi)
         if not sel.any():
             continue
-        volume = np.pi * radii[sel] ** 2 * step / (pixel**2 * SLICE_SPACING_MM)
+        volume = np.pi * radii[sel] ** 2 * step / (pixel**2 * dz)
         grid = np.bincount(flat[sel], volume, minlength=fraction.size).reshape(shape).astype(np.float32)
         sigma = max(np.median(radii[sel]) / np.sqrt(2) / pixel, 0.5)
         fraction += ndimage.gaussian_filter(grid, (sigma, sigma, 0))
@@ -256,35 +335,41 @@ def _splat_vessels(points, radii, to_index, shape, pixel: float) -> np.ndarray:
 def generate_study(
     category: str,
     rng_seed: int | np.random.SeedSequence,
-    matrix: int = 512,
+    matrix: int | None = None,
     _n_slices: int | None = None,
+    scanner: str | ScannerProfile = "mosmed",
 ) -> SyntheticStudy:
     """Generate one synthetic chest CT of MosMedData ``category`` ("CT-0" ... "CT-4").
 
     Args:
         category: the MosMedData category; sets only the lesion burden.
         rng_seed: an int or a ``numpy.random.SeedSequence``; equal seeds give equal studies.
-        matrix: in-plane size; the field of view is that of a 512 matrix.
-        _n_slices: force the slice count (tests use few slices); drawn in 33-54 otherwise.
+        matrix: in-plane size; the field of view is that of a 512 matrix. ``None``: the scanner
+            profile's default (512 for ``"mosmed"``, 384 for ``"shifted"``).
+        _n_slices: force the slice count (tests use few slices); otherwise 33-54 at 8 mm for
+            ``"mosmed"``, the same coverage at the profile's spacing for others.
+        scanner: a name in :data:`SCANNERS` or a :class:`ScannerProfile`; sets only scanner settings.
 
     Returns:
         the :class:`SyntheticStudy`.
     """
     if category not in CATEGORY_BANDS:
         raise ValueError(f"unknown category {category!r}; expected one of {', '.join(CATEGORY_BANDS)}")
+    profile = get_scanner(scanner)
+    matrix = profile.matrix if matrix is None else matrix
     factor = check_matrix(matrix)
     seq = rng_seed if isinstance(rng_seed, np.random.SeedSequence) else np.random.SeedSequence(rng_seed)
     nuisance_seq, lesion_seq, texture_seq = (
         np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, i)) for i in range(3)
     )
     rng = np.random.default_rng(nuisance_seq)
-    p = draw_nuisance(rng, matrix, _n_slices)
+    p = draw_nuisance(rng, matrix, _n_slices, profile)
     lesion = draw_lesions(np.random.default_rng(lesion_seq), category)
 
     work = matrix // factor
     px = p["fov_mm"] / work
     nz = p["n_slices"]
-    dz = SLICE_SPACING_MM
+    dz = p["slice_mm"]
     shape = (work, work, nz)
     spacing = (px, px, dz)
 
@@ -405,7 +490,7 @@ def generate_study(
     hilum_z = carina - 20.0
     hila = [np.array([s * (p["mediastinum_mm"] + 12), spine_y + 45.0, hilum_z]) for s in (-1.0, 1.0)]
     pts, radii = _vessel_points(rng, p, hila, px / 2)
-    vessels = _splat_vessels(pts, radii, to_index, shape, px) * lung_space
+    vessels = _splat_vessels(pts, radii, to_index, shape, px, dz) * lung_space
     lung_hu = lung_hu * (1 - vessels) + p["vessel_hu"] * vessels
     lung_mask = lung_frac > 0.5
 
@@ -454,7 +539,7 @@ def generate_study(
         noise /= noise.std() + 1e-6
     if factor > 1:
         noise = upsample(noise, factor) / np.float32(np.sqrt(_upsample_variance(factor)))
-        white = 0.3 if p["kernel"] == "sharp" else 0.1
+        white = 0.3 if sharpen > 0 else 0.1
         noise = np.sqrt(1 - white) * noise + np.sqrt(white) * rng.standard_normal(noise.shape, dtype=np.float32)
     hu += np.float32(p["noise_hu"]) * noise
 
@@ -472,8 +557,13 @@ def generate_study(
     mask = to_full(lesion_mask).astype(np.uint8)
     fraction = float(mask.sum() / max(lung_full.sum(), 1))
 
+    half = (matrix - 1) / 2 * p["pixel_mm"]
     affine = np.diag([-p["pixel_mm"], p["pixel_mm"], dz, 1.0])
-    affine[:3, 3] = [(matrix - 1) / 2 * p["pixel_mm"], -(matrix - 1) / 2 * p["pixel_mm"], p["origin_z_mm"]]
+    affine[:3, 3] = [half, -half, p["origin_z_mm"]]
+    if profile.orientation == "RAS":
+        # same voxels in the world, stored from patient right to left
+        image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
+        affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
     params["lung_voxels"] = int(lung_full.sum())
     return SyntheticStudy(image=image, mask=mask, affine=affine, lesion_fraction=fraction, params=params)

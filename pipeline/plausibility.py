@@ -87,6 +87,8 @@ class CheckChestCT(Transform):
 
     Args:
         min_aerated_fraction: the least fraction of body voxels below ``AERATED_MAX_HU`` (see the module docstring).
+        max_inplane: the aerated fraction is measured on every k-th voxel in-plane, k chosen so that slices are
+            at most this wide (a 512 x 512 CT is measured at 128 x 128: 16 times less work, the same fraction).
 
     The input is channel-first ``(1, X, Y, Z)`` or ``(X, Y, Z)``, a MetaTensor, tensor or array. Its file
     name (for the error) comes from ``filename`` or the MetaTensor's ``filename_or_obj``, the slice axis
@@ -96,8 +98,15 @@ class CheckChestCT(Transform):
 
     backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, min_aerated_fraction: float = MIN_AERATED_FRACTION) -> None:
+    def __init__(self, min_aerated_fraction: float = MIN_AERATED_FRACTION, max_inplane: int = 128) -> None:
         self.min_aerated_fraction = min_aerated_fraction
+        self.max_inplane = max_inplane
+
+    def _subsample(self, volume: np.ndarray, axis: int) -> np.ndarray:
+        """Every k-th voxel in-plane so that slices are at most ``max_inplane`` wide (a fraction needs no more)."""
+        inplane = [n for ax, n in enumerate(volume.shape) if ax != axis]
+        step = max(1, min(inplane) // self.max_inplane)
+        return volume[tuple(slice(None) if ax == axis else slice(None, None, step) for ax in range(3))]
 
     def __call__(
         self,
@@ -126,7 +135,8 @@ class CheckChestCT(Transform):
                 f"no air: the lowest value is {low:g}, a CT has air near -1000 HU; this looks like another "
                 "modality (MR, PET), stored values without the rescale, or an already normalised image",
             )
-        fraction = aerated_fraction(volume, slice_axis(affine))
+        axis = slice_axis(affine)
+        fraction = aerated_fraction(self._subsample(volume, axis), axis)
         if fraction < self.min_aerated_fraction:
             raise InputError(
                 name,

@@ -1,10 +1,12 @@
 """Synthetic chest-CT cohorts in the MosMedData layout: ``python -m pipeline synth OUT_DIR``.
 
-Writes ``OUT_DIR/studies/CT-k/study_NNNN.nii.gz`` (int16 HU, LAS, gzipped NIfTI), lesion masks
+Writes ``OUT_DIR/studies/CT-k/study_NNNN.nii.gz`` (int16 HU, gzipped NIfTI), lesion masks
 ``OUT_DIR/masks/study_NNNN_mask.nii.gz`` (uint8) and the manifest ``OUT_DIR/dataset_registry.csv``.
 Study numbers run globally across categories. Study ``i`` is drawn from
 ``SeedSequence(seed, spawn_key=(i,))``, so a cohort is byte-for-byte the same for a given seed
 whatever the number of workers. Every file is written to a temporary name and renamed.
+``--scanner shifted`` draws a domain-shift cohort: the same patients and lesions in distribution,
+other scanner settings (thin slices, RAS, low noise, sharp kernels; see :data:`pipeline.phantom.SCANNERS`).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import nibabel as nib
 import numpy as np
 
 from pipeline.errors import InputError
-from pipeline.phantom import CATEGORY_BANDS, SyntheticStudy, check_matrix, generate_study
+from pipeline.phantom import CATEGORY_BANDS, SCANNERS, SyntheticStudy, check_matrix, generate_study, get_scanner
 
 __all__ = ["SyntheticStudy", "generate_cohort", "generate_study", "write_montage"]
 
 MANIFEST = "dataset_registry.csv"
 #: Written first into every cohort folder; its presence lets a later run overwrite the folder.
 MARKER = "synth_cohort.json"
-MANIFEST_PARAMS = ("kernel", "noise_hu", "padding_hu", "fov_mm", "body_a", "lung_hu", "target_fraction")
+MANIFEST_PARAMS = ("scanner", "kernel", "noise_hu", "padding_hu", "fov_mm", "body_a", "lung_hu", "target_fraction")
 FIELDS = (
     "study_id",
     "category",
@@ -74,11 +76,11 @@ def _study_seed(seed: int, index: int) -> int:
     return int(state >> np.uint64(1))
 
 
-def _write_study(job: tuple[Path, int, str, int, int, int | None]) -> dict[str, str]:
+def _write_study(job: tuple[Path, int, str, int, int, int | None, str]) -> dict[str, str]:
     """Generate and write study ``index``; return its manifest row."""
-    out_dir, index, category, seed, matrix, n_slices = job
+    out_dir, index, category, seed, matrix, n_slices, scanner = job
     study_seed = _study_seed(seed, index)
-    study = generate_study(category, study_seed, matrix=matrix, _n_slices=n_slices)
+    study = generate_study(category, study_seed, matrix=matrix, _n_slices=n_slices, scanner=scanner)
     study_file = Path("studies") / category / f"study_{index:04d}.nii.gz"
     mask_file = Path("masks") / f"study_{index:04d}_mask.nii.gz"
     _atomic_write(out_dir / study_file, nifti_bytes(study.image, study.affine))
@@ -127,10 +129,11 @@ def generate_cohort(
     per_category: int = 10,
     categories: str | list[str] | tuple[str, ...] = tuple(CATEGORY_BANDS),
     seed: int = 0,
-    matrix: int = 512,
+    matrix: int | None = None,
     workers: int = 1,
     progress: bool = True,
     _n_slices: int | None = None,
+    scanner: str = "mosmed",
 ) -> Path:
     """Write a synthetic cohort in the MosMedData layout and return the manifest path.
 
@@ -138,22 +141,27 @@ def generate_cohort(
         out_dir: empty folder, or a previous synthetic cohort (its studies are replaced).
         per_category: studies per category.
         categories: names or a comma-separated string, e.g. ``"CT-0,CT-2,CT-3"``.
-        seed: cohort seed; the cohort is a pure function of (seed, categories, per_category, matrix).
+        seed: cohort seed; the cohort is a pure function of (seed, categories, per_category, matrix,
+            scanner).
         matrix: in-plane size, a multiple of 16 in [32, 1024]; same field of view at every size.
+            ``None``: the scanner profile's default (512 for ``"mosmed"``, 384 for ``"shifted"``).
         workers: processes; the output does not depend on it.
         progress: show a tqdm progress bar.
         _n_slices: force the slice count (tests).
+        scanner: scanner profile, ``"mosmed"`` (MosMedData-like) or ``"shifted"`` (domain shift).
     """
     out = Path(out_dir)
     names = _parse_categories(categories)
+    profile = get_scanner(scanner)
+    matrix = profile.matrix if matrix is None else matrix
     check_matrix(matrix)
     if per_category < 1 or workers < 1:
         raise ValueError(f"per_category and workers must be >= 1, got {per_category} and {workers}")
     settings = {"generator": "pipeline.synth", "per_category": per_category, "categories": names}
-    settings.update(seed=seed, matrix=matrix, n_slices=_n_slices)
+    settings.update(seed=seed, matrix=matrix, n_slices=_n_slices, scanner=profile.name)
     _prepare_out_dir(out, settings)
     jobs = [
-        (out, ci * per_category + k + 1, name, seed, matrix, _n_slices)
+        (out, ci * per_category + k + 1, name, seed, matrix, _n_slices, profile.name)
         for ci, name in enumerate(names)
         for k in range(per_category)
     ]
@@ -238,7 +246,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", default=",".join(CATEGORY_BANDS), help="comma-separated, default CT-0,CT-1,CT-2,CT-3,CT-4"
     )
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
-    parser.add_argument("--matrix", type=int, default=512, help="in-plane size, multiple of 16 (default 512)")
+    parser.add_argument(
+        "--matrix", type=int, help="in-plane size, multiple of 16 (default 512 for mosmed, 384 for shifted)"
+    )
+    parser.add_argument(
+        "--scanner",
+        choices=list(SCANNERS),
+        default="mosmed",
+        help="scanner settings: mosmed (8 mm, LAS; default) or shifted (2.5-5 mm, RAS, low noise, sharp kernels)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--montage", metavar="FILE.png", help="also write a PNG montage, one study per category")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -255,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
             matrix=args.matrix,
             workers=args.workers,
             progress=not args.no_progress,
+            scanner=args.scanner,
         )
     except ValueError as err:
         if isinstance(err, InputError):

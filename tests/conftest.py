@@ -86,8 +86,15 @@ def trained_bundle(tmp_path_factory, tiny_cohort) -> Path:
     bundle = tmp_path_factory.mktemp("bundle") / BUNDLE.name
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
     run_bundle(
-        "run", "training", "--config_file", str(bundle / "configs" / "train.json"),
-        "--bundle_root", str(bundle), "--dataset_dir", str(tiny_cohort), *TINY,
+        "run",
+        "training",
+        "--config_file",
+        str(bundle / "configs" / "train.json"),
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(tiny_cohort),
+        *TINY,
     )
     assert (bundle / "models" / "model.pt").is_file()
     return bundle

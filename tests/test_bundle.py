@@ -25,9 +25,16 @@ def test_training_writes_checkpoint_logs_and_curves(trained_bundle):
 def test_evaluate_on_a_cohort(trained_bundle, tiny_cohort, tmp_path):
     configs = trained_bundle / "configs"
     proc = run_bundle(
-        "run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
-        "--bundle_root", str(trained_bundle), "--dataset_dir", str(tiny_cohort),
-        "--output_dir", str(tmp_path), *TINY,
+        "run",
+        "--config_file",
+        f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
+        "--bundle_root",
+        str(trained_bundle),
+        "--dataset_dir",
+        str(tiny_cohort),
+        "--output_dir",
+        str(tmp_path),
+        *TINY,
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n"] == 24 and metrics["n_positive"] == 16
@@ -43,9 +50,17 @@ def test_evaluate_on_a_cohort(trained_bundle, tiny_cohort, tmp_path):
 def test_infer_on_nifti_folder_and_real_dicom(trained_bundle, tiny_cohort, tmp_path):
     inference = str(trained_bundle / "configs" / "inference.json")
     proc = run_bundle(
-        "run", "--config_file", inference, "--bundle_root", str(trained_bundle),
-        "--dataset_dir", str(tiny_cohort / "studies" / "CT-3"), "--output_dir", str(tmp_path / "nifti"),
-        "--spatial_size", "[32,32,16]",
+        "run",
+        "--config_file",
+        inference,
+        "--bundle_root",
+        str(trained_bundle),
+        "--dataset_dir",
+        str(tiny_cohort / "studies" / "CT-3"),
+        "--output_dir",
+        str(tmp_path / "nifti"),
+        "--spatial_size",
+        "[32,32,16]",
     )
     rows = json.loads((tmp_path / "nifti" / "predictions.json").read_text())
     assert len(rows) == 8
@@ -53,8 +68,17 @@ def test_infer_on_nifti_folder_and_real_dicom(trained_bundle, tiny_cohort, tmp_p
     assert f"{first['study_id']}: {100 * first['prob_normal']:.1f} % normal" in proc.stdout
     dicom = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
     run_bundle(
-        "run", "--config_file", inference, "--bundle_root", str(trained_bundle),
-        "--dataset_dir", str(dicom), "--output_dir", str(tmp_path / "dicom"), "--spatial_size", "[32,32,16]",
+        "run",
+        "--config_file",
+        inference,
+        "--bundle_root",
+        str(trained_bundle),
+        "--dataset_dir",
+        str(dicom),
+        "--output_dir",
+        str(tmp_path / "dicom"),
+        "--spatial_size",
+        "[32,32,16]",
     )
     (row,) = list(csv.DictReader(open(tmp_path / "dicom" / "predictions.csv")))
     assert row["study_id"] == dicom.name and row["prediction"] in ("normal", "pneumonia")

@@ -28,8 +28,9 @@ def _items(n_per_cat: dict[str, int]) -> list[dict]:
     for cat, n in n_per_cat.items():
         for _ in range(n):
             k += 1
-            items.append({"image": f"/x/study_{k:04d}.nii.gz", "study_id": f"s{k}", "category": cat,
-                          "label": int(cat != "CT-0")})
+            items.append(
+                {"image": f"/x/study_{k:04d}.nii.gz", "study_id": f"s{k}", "category": cat, "label": int(cat != "CT-0")}
+            )
     return items
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -12,9 +14,9 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.errors import InputError
-from pipeline.phantom import CATEGORY_BANDS, generate_study
+from pipeline.phantom import CATEGORY_BANDS, SCANNERS, check_matrix, generate_study
 from pipeline.plausibility import CheckChestCT, aerated_fraction
-from pipeline.synth import MANIFEST, generate_cohort, write_montage
+from pipeline.synth import MANIFEST, MARKER, generate_cohort, write_montage
 
 REAL_CT = Path(__file__).parent / "data" / "realct" / "chest_cta_4slices.nii.gz"
 FAST = {"matrix": 64, "_n_slices": 33}
@@ -158,6 +160,7 @@ def test_manifest_contents(tmp_path: Path) -> None:
         fraction = float(row["lesion_fraction"])
         assert fraction == 0.0 if row["category"] == "CT-0" else lo < fraction < hi
         assert row["kernel"] in {"smooth", "standard", "sharp"} and 10 <= float(row["noise_hu"]) <= 40
+        assert row["scanner"] == "mosmed"
         again = generate_study(row["category"], int(row["seed"]), matrix=32, _n_slices=33)
         assert np.array_equal(again.image, np.asanyarray(image.dataobj))
 
@@ -188,3 +191,87 @@ def test_refuses_foreign_folder_and_bad_options(tmp_path: Path, capsys: pytest.C
     assert not empty.exists()
     with pytest.raises(ValueError, match="unknown category"):
         generate_study("CT-5", 0, matrix=32)
+
+
+def test_default_scanner_profile_is_mosmed() -> None:
+    """The default profile keeps the MosMedData ranges that existing cohorts were drawn from."""
+    mosmed = SCANNERS["mosmed"]
+    assert (mosmed.slice_mm, mosmed.orientation, mosmed.matrix) == ((8.0, 8.0), "LAS", 512)
+    assert mosmed.kernels == ("smooth", "standard", "sharp") and mosmed.kernel_p is None
+    assert mosmed.noise_hu == (10.0, 40.0) and mosmed.padding_hu == (-3024, -2048, -2000, -1024)
+    study = generate_study("CT-0", 1, matrix=32, _n_slices=4)
+    assert study.params["scanner"] == "mosmed" and study.params["slice_mm"] == 8.0
+
+
+def test_shifted_scanner_geometry_and_settings() -> None:
+    shifted = SCANNERS["shifted"]
+    for seed in range(4):
+        study = generate_study("CT-0", seed, matrix=32, scanner="shifted")
+        p = study.params
+        assert nib.aff2axcodes(study.affine) == ("R", "A", "S")
+        spacing = np.abs(np.diag(study.affine)[:3])
+        assert 2.5 <= spacing[2] <= 5.0 and spacing[2] == pytest.approx(p["slice_mm"], abs=1e-3)
+        assert 0.58 * 512 / 32 <= spacing[0] == spacing[1] <= 1.15 * 512 / 32
+        # the MosMedData coverage, cut into thin slices
+        assert 33 * 8 <= p["coverage_mm"] <= 54 * 8
+        assert abs(study.image.shape[2] * spacing[2] - p["coverage_mm"]) <= spacing[2] / 2
+        assert study.image.shape[2] > 54
+        assert p["kernel"] in shifted.kernels and 5 <= p["noise_hu"] <= 15
+        assert p["padding_hu"] in shifted.padding_hu and (study.image == p["padding_hu"]).any()
+        assert CheckChestCT()(study.image, affine=study.affine) is study.image
+
+
+def test_ras_stores_the_same_world_as_las() -> None:
+    """RAS output is the LAS volume mirrored along x, and its affine puts every voxel at the same place."""
+    ras = dataclasses.replace(SCANNERS["mosmed"], orientation="RAS")
+    las_study = generate_study("CT-2", 3, matrix=48, _n_slices=34)
+    ras_study = generate_study("CT-2", 3, matrix=48, _n_slices=34, scanner=ras)
+    assert nib.aff2axcodes(ras_study.affine) == ("R", "A", "S")
+    assert np.array_equal(ras_study.image, las_study.image[::-1]) and np.array_equal(
+        ras_study.mask, las_study.mask[::-1]
+    )
+    ijk = np.array([[0, 0, 0, 1], [5, 7, 2, 1], [47, 20, 33, 1]], float)
+    mirrored = ijk.copy()
+    mirrored[:, 0] = 47 - ijk[:, 0]
+    np.testing.assert_allclose(las_study.affine @ ijk.T, ras_study.affine @ mirrored.T)
+
+
+@pytest.mark.parametrize("category", list(CATEGORY_BANDS))
+def test_shifted_lesion_fraction_within_band(category: str) -> None:
+    lo, hi = CATEGORY_BANDS[category]
+    study = generate_study(category, 11, matrix=32, scanner="shifted")
+    assert study.lesion_fraction == pytest.approx(study.mask.sum() / study.params["lung_voxels"])
+    assert not study.mask.any() if category == "CT-0" else lo < study.lesion_fraction < hi
+
+
+def test_shifted_matrix_384_and_unknown_scanner() -> None:
+    assert check_matrix(384) == 2
+    study = generate_study("CT-0", 0, scanner="shifted", _n_slices=2)
+    assert study.image.shape == (384, 384, 2)  # the profile's default matrix
+    assert generate_study("CT-0", 0, matrix=48, scanner="shifted", _n_slices=2).image.shape == (48, 48, 2)
+    with pytest.raises(ValueError, match="unknown scanner"):
+        generate_study("CT-0", 0, matrix=32, scanner="ge")
+
+
+def test_shifted_cohort_deterministic_with_scanner_recorded(tmp_path: Path) -> None:
+    kw = {"per_category": 1, "categories": "CT-0,CT-3", "matrix": 32, "progress": False, "scanner": "shifted"}
+    manifest = generate_cohort(tmp_path / "a", seed=1, workers=1, **kw)
+    generate_cohort(tmp_path / "b", seed=1, workers=2, **kw)
+    assert _files(tmp_path / "a") == _files(tmp_path / "b")
+    assert json.loads((tmp_path / "a" / MARKER).read_text())["scanner"] == "shifted"
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        image = nib.load(tmp_path / "a" / row["study_file"])
+        assert row["scanner"] == "shifted" and row["orientation"] == "RAS" == "".join(nib.aff2axcodes(image.affine))
+        assert 2.5 <= float(row["spacing"].split("x")[2]) <= 5.0
+        again = generate_study(row["category"], int(row["seed"]), matrix=32, scanner="shifted")
+        assert np.array_equal(again.image, np.asanyarray(image.dataobj))
+
+
+def test_cli_scanner_option(tmp_path: Path) -> None:
+    argv = ["synth", str(tmp_path), "--per-category", "1", "--categories", "CT-1", "--matrix", "32", "--no-progress"]
+    assert main([*argv, "--scanner", "shifted"]) == 0
+    assert json.loads((tmp_path / MARKER).read_text())["scanner"] == "shifted"
+    with pytest.raises(SystemExit):
+        main([*argv, "--scanner", "ge"])
