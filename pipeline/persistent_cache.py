@@ -26,8 +26,10 @@ from typing import Any
 import monai
 import numpy as np
 import torch
-from monai.data import CacheDataset, CacheNTransDataset, Dataset, PersistentDataset
+from monai.data import CacheNTransDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
+
+from pipeline.guard import CheckedCacheDataset
 
 CACHE_KINDS = ("memory", "disk")
 _MAX_DEPTH = 8
@@ -102,7 +104,8 @@ def cached_dataset(
     Args:
         data: datalist items (``{"image": path, "label": int, ...}``).
         transform: the whole preprocessing, deterministic transforms first.
-        cache: ``"memory"`` (``CacheDataset``: every rank holds its studies in RAM) or ``"disk"``
+        cache: ``"memory"`` (:class:`~pipeline.guard.CheckedCacheDataset`: every rank holds its studies in
+            RAM, and every bad study is reported at once) or ``"disk"``
             (``PersistentDataset`` files under ``cache_dir``, shared by ranks and runs).
         cache_dir: folder of the disk cache (created if missing); required for ``"disk"``.
         cache_rate: fraction of the studies held in memory (``"memory"`` only).
@@ -115,7 +118,7 @@ def cached_dataset(
         ValueError: for an unknown ``cache`` or ``"disk"`` without ``cache_dir``.
     """
     if cache == "memory":
-        return CacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
+        return CheckedCacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
     if cache != "disk":
         raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
     if cache_dir is None:
