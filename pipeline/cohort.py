@@ -368,13 +368,20 @@ def load_items(
     require_label: bool = False,
     check: bool = True,
     data_root: str | None = None,
+    fold: int | None = None,
+    n_folds: int = 5,
+    seed: int = 0,
 ) -> list[dict]:
     """Every item of a cohort or datalist, for evaluation or inference (labels when known).
 
     ``dataset_dir`` may also be a single NIfTI file or DICOM series folder. A datalist
     contributes all of its lists (``testing``, ``validation``, ``training``), without duplicates;
-    with ``data_root``, its images must lie inside it (see :func:`read_datalist`).
+    with ``data_root``, its images must lie inside it (see :func:`read_datalist`). With ``fold``,
+    only the held-out studies of that fold (as :func:`load_split` makes them) are returned.
     """
+    if fold is not None:
+        kwargs = {"normal": normal, "abnormal": abnormal, "check": check, "data_root": data_root}
+        return load_split(dataset_dir, datalist, fold, seed=seed, n_folds=n_folds, **kwargs)["validation"]
     if datalist:
         lists = read_datalist(datalist, root=data_root)
         seen, items = set(), []

@@ -152,15 +152,11 @@ def test_infer_command_refuses_a_study_without_ct(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not (BUNDLE / "configs" / "inference.json").exists() or not (BUNDLE / "models" / "model.pt").exists(),
-    reason="needs the bundle's configs/inference.json and models/model.pt",
-)
-def test_infer_end_to_end_on_real_dicom(tmp_path):
+def test_infer_end_to_end_on_real_dicom(tmp_path, trained_bundle):
     study = copy_series(tmp_path / "study" / "nested")
     (tmp_path / "study" / "README").write_text("junk")
     with pytest.warns(UserWarning, match="skipped 1 file"):
-        summary = infer_study(tmp_path / "study", BUNDLE, tmp_path / "out")
+        summary = infer_study(tmp_path / "study", trained_bundle, tmp_path / "out")
     assert summary["prediction"] in ("normal", "pneumonia")
     assert summary["prob_normal"] + summary["prob_pneumonia"] == pytest.approx(1.0, abs=1e-4)
     sr = pydicom.dcmread(tmp_path / "out" / "report_sr.dcm")
