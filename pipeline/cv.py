@@ -23,23 +23,7 @@ from pipeline.metrics import CATEGORY_KEYS
 __all__ = ["SUMMARY_KEYS", "add_arguments", "read_metrics", "run", "summarize", "summarize_values"]
 
 #: Metrics of each fold's ``metrics.json`` that are summarised.
-SUMMARY_KEYS = (
-    "n",
-    "n_positive",
-    "n_negative",
-    "threshold",
-    "auc",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "ppv",
-    "npv",
-    "f1",
-    "brier",
-    "ece",
-    "positive_rate",
-    "mean_prob",
-)
+SUMMARY_KEYS = (*CATEGORY_KEYS, "threshold", "ece")
 
 
 def read_metrics(path: str | os.PathLike) -> dict:
