@@ -17,13 +17,13 @@ import gzip
 import io
 import json
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from pipeline.atomic import atomic_write_bytes
 from pipeline.errors import InputError
 from pipeline.phantom import CATEGORY_BANDS, SCANNERS, SyntheticStudy, check_matrix, generate_study, get_scanner
 
@@ -45,19 +45,6 @@ FIELDS = (
     "seed",
     *MANIFEST_PARAMS,
 )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def nifti_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
@@ -83,8 +70,8 @@ def _write_study(job: tuple[Path, int, str, int, int, int | None, str]) -> dict[
     study = generate_study(category, study_seed, matrix=matrix, _n_slices=n_slices, scanner=scanner)
     study_file = Path("studies") / category / f"study_{index:04d}.nii.gz"
     mask_file = Path("masks") / f"study_{index:04d}_mask.nii.gz"
-    _atomic_write(out_dir / study_file, nifti_bytes(study.image, study.affine))
-    _atomic_write(out_dir / mask_file, nifti_bytes(study.mask, study.affine))
+    atomic_write_bytes(out_dir / study_file, nifti_bytes(study.image, study.affine))
+    atomic_write_bytes(out_dir / mask_file, nifti_bytes(study.mask, study.affine))
     spacing = np.abs(np.diag(study.affine)[:3])
     row = {
         "study_id": f"study_{index:04d}",
@@ -121,7 +108,7 @@ def _prepare_out_dir(out_dir: Path, settings: dict) -> None:
         for pattern in ("studies/CT-*/study_*.nii.gz", "masks/study_*_mask.nii.gz", MANIFEST):
             for f in out_dir.glob(pattern):
                 f.unlink()
-    _atomic_write(out_dir / MARKER, json.dumps(settings, indent=2).encode())
+    atomic_write_bytes(out_dir / MARKER, json.dumps(settings, indent=2).encode())
 
 
 def generate_cohort(
@@ -185,7 +172,7 @@ def generate_cohort(
     writer.writeheader()
     writer.writerows(rows)
     manifest = out / MANIFEST
-    _atomic_write(manifest, text.getvalue().encode())
+    atomic_write_bytes(manifest, text.getvalue().encode())
     return manifest
 
 
@@ -234,7 +221,7 @@ def write_montage(manifest: str | os.PathLike, png: str | os.PathLike, per_row: 
     fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
     plt.close(fig)
     png = Path(png)
-    _atomic_write(png, buf.getvalue())
+    atomic_write_bytes(png, buf.getvalue())
     return png
 
 
