@@ -2,11 +2,17 @@
 
 Modules, one concern each:
 
-- :mod:`pipeline.errors`: the error types every entry point reports to users.
-- :mod:`pipeline.synth` / :mod:`pipeline.phantom`: synthetic chest-CT cohorts in the MosMedData layout.
-- :mod:`pipeline.cohort`: cohorts (MosMedData, two-folder, labelled folders) to MONAI datalists and splits.
-- :mod:`pipeline.imagecheck`: header checks that refuse bad images before they are loaded.
-- :mod:`pipeline.networks`: the tutorial's 3D CNN and the default classifier.
+- data: :mod:`~pipeline.synth` / :mod:`~pipeline.phantom` (synthetic cohorts in the MosMedData layout),
+  :mod:`~pipeline.cohort` (cohorts to MONAI datalists and splits), :mod:`~pipeline.imagecheck` (header checks),
+  :mod:`~pipeline.plausibility` (is it a chest CT in HU), :mod:`~pipeline.dicom` (series selection, SR output),
+  :mod:`~pipeline.persistent_cache` (memory or disk cache keyed on the transforms);
+- model and training: :mod:`~pipeline.networks`, :mod:`~pipeline.handlers`, :mod:`~pipeline.checkpoint`,
+  :mod:`~pipeline.resume`, :mod:`~pipeline.distributed`, :mod:`~pipeline.threshold`;
+- inference and evaluation: :mod:`~pipeline.ensemble`, :mod:`~pipeline.tta`, :mod:`~pipeline.metrics`,
+  :mod:`~pipeline.evaluation`, :mod:`~pipeline.report`, :mod:`~pipeline.saliency`, :mod:`~pipeline.cv`,
+  :mod:`~pipeline.dicom_infer`;
+- plumbing: :mod:`~pipeline.errors`, :mod:`~pipeline.guard`, :mod:`~pipeline.atomic`, :mod:`~pipeline.flags`,
+  :mod:`~pipeline.bundle_root`.
 """
 
 __version__ = "0.1.0"
