@@ -10,15 +10,14 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import atomic_write_text
-from pipeline.metrics import classification_metrics
-from pipeline.report import write_report
+from pipeline.report import metrics_from_predictions, write_report
 from pipeline.saliency import pick_examples, saliency_montage
 
 logger = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Compute classification metrics from prediction rows; write ``metrics.json`` and ``report.html``.
+    """Compute the metrics of the finished ``predictions.csv``; write ``metrics.json`` and ``report.html``.
 
     Used as an ``on_complete`` callable of :class:`pipeline.handlers.PredictionWriter`, which
     has already written ``predictions.csv`` in the same folder.
@@ -55,18 +54,9 @@ class MetricsWriter:
         self.info = dict(info or {})
 
     def __call__(self, rows: Sequence[dict], output_dir: Path) -> dict:
-        labelled = [r for r in rows if r.get("label") != ""]
-        if not labelled:
-            raise ValueError(f"no labelled scans among {len(rows)} predictions: nothing to evaluate")
-        metrics = classification_metrics(
-            [int(r["label"]) for r in labelled],
-            [float(r["prob_pneumonia"]) for r in labelled],
-            threshold=self.threshold,
-            categories=[r.get("category") or None for r in labelled],
-            n_bootstrap=self.n_bootstrap,
-            seed=self.seed,
-        )
         output_dir = Path(output_dir)
+        predictions = output_dir / "predictions.csv"
+        metrics = metrics_from_predictions(predictions, self.threshold, self.n_bootstrap, self.seed)
         atomic_write_text(output_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         auc = metrics.get("auc")
         logger.info(
@@ -77,10 +67,10 @@ class MetricsWriter:
         )
         if self.report:
             write_report(
-                output_dir / "predictions.csv",
+                predictions,
                 metrics,
                 output_dir / "report.html",
-                saliency_panels=self._saliency(labelled),
+                saliency_panels=self._saliency([r for r in rows if r.get("label") != ""]),
                 info=self.info,
             )
         return metrics
