@@ -2,7 +2,7 @@
 
 Generates (or reuses) a synthetic cohort of 1,110 studies (222 in each of CT-0..CT-4, MosMedData's
 total), runs the bundle's deterministic preprocessing through
-``pipeline.persistent_cache.cached_dataset(cache="disk")`` for two epochs, and writes
+``pipeline.data.cache.cached_dataset(cache="disk")`` for two epochs, and writes
 ``benchmarks/results/cache.json``::
 
     python benchmarks/bench_cache.py --cohort /tmp/mosmed_size --matrix 64 --spatial-size 128 128 64
@@ -25,9 +25,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose, EnsureTyped
 
-from pipeline.atomic import atomic_write_text
-from pipeline.persistent_cache import cached_dataset
-from pipeline.synth import generate_cohort
+from pipeline.data.cache import cached_dataset
+from pipeline.synth.generate import generate_cohort
+from pipeline.utils.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_JSON = REPO / "bundles" / "chest_ct_pneumonia_classification" / "configs" / "train.json"

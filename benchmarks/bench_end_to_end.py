@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BUNDLE, THREADS, TRAIN_JSON, ratio, write_results
-from pipeline.synth import generate_cohort
+from pipeline.synth.generate import generate_cohort
 
 NETWORKS = ("seed", "chestnet")
 

@@ -24,7 +24,7 @@ from monai.data import CacheDataset
 from monai.transforms import Compose
 
 from benchmarks.common import RESULTS, THREADS, bundle_config, write_results
-from pipeline.synth import generate_cohort
+from pipeline.synth.generate import generate_cohort
 
 MOSMED_STUDIES = 1110
 BUDGET_BYTES = 4 * 10**9

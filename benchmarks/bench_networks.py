@@ -16,7 +16,7 @@ import time
 import torch
 from torch import nn
 
-from pipeline.networks import NETWORKS, build_network, count_flops, count_parameters
+from pipeline.networks.nets import NETWORKS, build_network, count_flops, count_parameters
 
 
 def step_seconds(model: nn.Module, shape: tuple[int, ...], repeats: int, memory_format: torch.memory_format) -> float:

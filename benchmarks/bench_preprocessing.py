@@ -1,7 +1,7 @@
 """Preprocessing of MosMedData-geometry studies: the bundle's chain against the tutorial's and against decoding.
 
 Studies of 512x512x~45 voxels, 8 mm slices, int16 gzipped NIfTI are generated with
-:func:`pipeline.synth.generate_cohort`. On the same files, side by side, this times
+:func:`pipeline.synth.generate.generate_cohort`. On the same files, side by side, this times
 
 - ``decode``: ``nibabel.load`` + ``np.asanyarray(dataobj)`` (int16, the least any chain must do);
 - ``decode_fdata``: ``nibabel.load`` + ``get_fdata()`` (float64, how the tutorial reads);
@@ -33,8 +33,8 @@ from monai.transforms import Compose
 from scipy import ndimage
 
 from benchmarks.common import THREADS, bundle_config, interleaved, median, ratio, write_results
-from pipeline.plausibility import aerated_fraction
-from pipeline.synth import generate_cohort
+from pipeline.synth.generate import generate_cohort
+from pipeline.transforms.plausibility import aerated_fraction
 
 #: ``_target_`` suffixes of ``deterministic_transforms`` in the order of the proposed chain.
 RESIZE_FIRST = ("LoadImaged", "Orientationd", "Resized", "CheckChestCTd", "ScaleIntensityRanged", "EnsureTyped")

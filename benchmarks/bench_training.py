@@ -7,7 +7,7 @@ otherwise on the CPU with 2 threads. Side by side, one Adam step per variant per
 - ``seed``, ``chestnet``: contiguous tensors; ``*_channels_last``: ``torch.channels_last_3d`` model and
   input; ``chestnet_compiled`` (not with ``--quick``): ``torch.compile`` (compile time recorded apart,
   steady state timed).
-- FLOPs: forward FLOPs per volume from :func:`pipeline.networks.count_flops`; a training step is
+- FLOPs: forward FLOPs per volume from :func:`pipeline.networks.nets.count_flops`; a training step is
   counted as 3x forward. Achieved GFLOP/s is set against the peak of ``torch.mm`` on large float32
   matrices on the same device and threads.
 - Loader: one epoch over float16 volumes as cached by the bundle, through the bundle's
@@ -33,7 +33,7 @@ from monai.transforms import Compose
 from torch import nn
 
 from benchmarks.common import THREADS, bundle_config, interleaved, median, ratio, write_results
-from pipeline.networks import build_network, count_flops, count_parameters
+from pipeline.networks.nets import build_network, count_flops, count_parameters
 
 SIZE = (128, 128, 64)
 

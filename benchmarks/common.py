@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
-from pipeline.atomic import atomic_write_text
+from pipeline.utils.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "chest_ct_pneumonia_classification"

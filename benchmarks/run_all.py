@@ -18,7 +18,7 @@ from typing import Any
 
 from benchmarks import bench_augmentation, bench_end_to_end, bench_memory, bench_preprocessing, bench_training
 from benchmarks.common import RESULTS
-from pipeline.atomic import atomic_write_text
+from pipeline.utils.atomic import atomic_write_text
 
 BENCHMARKS = {
     "preprocessing": bench_preprocessing,

@@ -1,30 +1,41 @@
 """3D chest-CT pneumonia classification on MONAI.
 
-Modules, one concern each:
+Sub-packages, one concern each (bundle configs reach every module as ``pipeline.<package>.<module>``):
 
-- data: :mod:`~pipeline.synth` / :mod:`~pipeline.phantom` (synthetic cohorts in the MosMedData layout),
-  :mod:`~pipeline.cohort` (cohorts to MONAI datalists and splits), :mod:`~pipeline.imagecheck` (header checks),
-  :mod:`~pipeline.plausibility` (is it a chest CT in HU), :mod:`~pipeline.dicom` (series selection, SR output),
-  :mod:`~pipeline.persistent_cache` (memory or disk cache keyed on the transforms);
-- model and training: :mod:`~pipeline.networks`, :mod:`~pipeline.handlers`, :mod:`~pipeline.checkpoint`,
-  :mod:`~pipeline.resume`, :mod:`~pipeline.distributed`, :mod:`~pipeline.threshold`;
-- inference and evaluation: :mod:`~pipeline.ensemble`, :mod:`~pipeline.tta`, :mod:`~pipeline.metrics`,
-  :mod:`~pipeline.evaluation`, :mod:`~pipeline.report`, :mod:`~pipeline.saliency`, :mod:`~pipeline.cv`,
-  :mod:`~pipeline.dicom_infer`;
-- plumbing: :mod:`~pipeline.errors`, :mod:`~pipeline.guard`, :mod:`~pipeline.atomic`, :mod:`~pipeline.flags`,
-  :mod:`~pipeline.bundle_root`.
+- :mod:`pipeline.data`: cohorts to MONAI datalists and splits (``cohort``), header checks of image files
+  (``imagecheck``), the memory or disk cache keyed on the transforms (``cache``);
+- :mod:`pipeline.transforms`: MONAI transforms (array and dictionary pairs): is it a chest CT in HU
+  (``plausibility``);
+- :mod:`pipeline.synth`: synthetic chest-CT phantoms (``phantom``) and cohorts in the MosMedData layout
+  (``generate``);
+- :mod:`pipeline.networks`: the 3D classifiers (``nets``);
+- :mod:`pipeline.engine`: what trains and validates around MONAI's engines: handlers and batch helpers
+  (``handlers``), atomic checkpoints (``checkpoint``), resumable runs (``resume``), torchrun
+  (``distributed``), the operating threshold (``threshold``);
+- :mod:`pipeline.inferers`: checkpoint ensembles (``ensemble``), test-time augmentation (``tta``);
+- :mod:`pipeline.evaluation`: metrics with intervals (``metrics``), the writers behind an evaluation run
+  (``writer``), the HTML report (``report``), Grad-CAM (``saliency``), cross-validation summaries (``cv``);
+- :mod:`pipeline.deploy`: DICOM in (series choice) and out (result JSON, Structured Report) (``dicom``),
+  ``python -m pipeline infer`` (``infer``);
+- :mod:`pipeline.utils`: errors and the exit-code guard, atomic writes, boolean flags, the bundle root.
 """
 
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str):
-    """Import submodules on first use, so ``import pipeline`` then ``pipeline.cohort`` works in bundle configs."""
+def lazy_submodules(package: str):
+    """A module ``__getattr__`` importing ``package.<name>`` on first use (so ``pipeline.data.cohort`` works)."""
     import importlib
 
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    def __getattr__(name: str):
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"{package}.{name}":
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
+
+    return __getattr__
+
+
+__getattr__ = lazy_submodules(__name__)

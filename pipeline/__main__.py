@@ -11,14 +11,14 @@ import argparse
 import importlib
 import sys
 
-from pipeline.errors import InputError
+from pipeline.utils.errors import InputError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("pipeline.synth", "generate a synthetic chest-CT cohort in the MosMedData layout"),
-    "datalist": ("pipeline.cohort", "turn a cohort folder into a MONAI datalist JSON with splits"),
-    "report": ("pipeline.report", "metrics with bootstrap intervals and a self-contained HTML report"),
-    "infer": ("pipeline.dicom_infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
-    "cv-summary": ("pipeline.cv", "mean and sd of each metric over the folds of a cross-validation"),
+    "synth": ("pipeline.synth.generate", "generate a synthetic chest-CT cohort in the MosMedData layout"),
+    "datalist": ("pipeline.data.cohort", "turn a cohort folder into a MONAI datalist JSON with splits"),
+    "report": ("pipeline.evaluation.report", "metrics with bootstrap intervals and a self-contained HTML report"),
+    "infer": ("pipeline.deploy.infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
+    "cv-summary": ("pipeline.evaluation.cv", "mean and sd of each metric over the folds of a cross-validation"),
 }
 
 

@@ -48,7 +48,7 @@ SAM2_BUILD_CUDA=0 pip install --no-build-isolation "${PINS[@]}" || fail "pip ins
 pip install --no-deps -e "$REPO" || fail "pip install --no-deps -e $REPO"
 "$VENV/bin/python" - >>"$LOG" 2>&1 <<'PY' || fail "import check"
 import monai, monailabel, numpy, pydicom, torch, torchvision
-import pipeline.networks  # noqa: F401  (the bundle's network_def)
+import pipeline.networks.nets  # noqa: F401  (the bundle's network_def)
 
 got = {m.__name__: m.__version__ for m in (monailabel, torch, torchvision, numpy, pydicom, monai)}
 print("versions:", got)

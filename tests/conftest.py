@@ -14,7 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "chest_ct_pneumonia_classification"
-REALCT = Path(__file__).resolve().parent / "data" / "realct"
+TESTING_DATA = Path(__file__).resolve().parent / "testing_data"
+REALCT = TESTING_DATA / "realct"
 
 #: MosMedData's orientation: x to the left, y anterior, z superior (qfac -1).
 LAS = np.diag([-0.8, 0.8, 8.0, 1.0])
@@ -73,7 +74,7 @@ TINY = ("--spatial_size", "[32,32,16]", "--epochs", "2", "--cache_workers", "1")
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """A synthetic cohort of 8 studies in each of CT-0, CT-2 and CT-3 at a 64 matrix."""
-    from pipeline.synth import generate_cohort
+    from pipeline.synth.generate import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "synthetic"
     generate_cohort(out, per_category=8, categories=["CT-0", "CT-2", "CT-3"], seed=7, matrix=64, progress=False)

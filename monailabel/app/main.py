@@ -44,8 +44,8 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 from monailabel.utils.others.generic import strtobool
 
 import monailabel
-from pipeline.cohort import train_val_split
-from pipeline.errors import InputError
+from pipeline.data.cohort import train_val_split
+from pipeline.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,69 @@
+"""Ensembles of checkpoints of one network (e.g. the fold models of a cross-validation), for evaluation and inference.
+
+:class:`Ensemble` outputs the *log* of the averaged class probabilities. The bundle's postprocessing applies a
+softmax to the network output, and ``softmax(log p) = p`` when ``p`` sums to one, so the postprocessed ``pred``
+is exactly the mean of the members' probabilities; a cross-entropy loss on the output is the negative
+log-likelihood of that mean. A single network passed through ``log_softmax`` gives the same probabilities as
+its logits, so wrappers compose (e.g. :class:`pipeline.inferers.tta.TTAInferer` around an :class:`Ensemble`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.engine.checkpoint import load_weights_only
+from pipeline.utils.errors import InputError
+
+__all__ = ["Ensemble", "load_model_weights", "mean_log_probs"]
+
+
+def load_model_weights(network: nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+    """Load a bundle checkpoint (``{"model": state_dict}`` or a bare state dict) into ``network``, weights only.
+
+    Raises:
+        InputError: the file is missing, unsafe, unreadable, or holds weights of another network.
+    """
+    checkpoint = load_weights_only(path, map_location=map_location)
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise InputError(path, f"does not fit this network ({str(err).strip().splitlines()[0]})") from err
+    return network
+
+
+def mean_log_probs(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Log of the mean softmax probabilities of several ``(B, K)`` logits (or log-probabilities), computed stably."""
+    log_probs = torch.stack([torch.log_softmax(o.float(), dim=1) for o in outputs])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(outputs))
+
+
+class Ensemble(nn.Module):
+    """Average the class probabilities of several checkpoints of ``network``.
+
+    Args:
+        network: the architecture (e.g. the bundle's ``network``); each member is a deep copy of it, on its device.
+        ckpt_files: checkpoints, each read with ``torch.load(weights_only=True)``.
+
+    ``forward(x (B, C, H, W, D))`` returns ``(B, K)``: ``log(mean_m softmax(member_m(x)))``.
+    """
+
+    def __init__(self, network: nn.Module, ckpt_files: Sequence[str | os.PathLike]) -> None:
+        super().__init__()
+        if isinstance(ckpt_files, str | os.PathLike) or not ckpt_files:
+            raise ValueError(f"ckpt_files must be a non-empty list of checkpoint files, got {ckpt_files!r}")
+        device = next(network.parameters()).device
+        self.ckpt_files = [os.fspath(f) for f in ckpt_files]
+        self.members = nn.ModuleList(
+            load_model_weights(copy.deepcopy(network), f, map_location=device) for f in self.ckpt_files
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mean_log_probs([member(x) for member in self.members])

@@ -1,0 +1,181 @@
+"""The bundle against the MONAI model zoo's checks: metadata, network I/O, workflow properties, export, docs."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+import shutil
+
+import monai
+import numpy as np
+import pytest
+import torch
+from conftest import BUNDLE, REALCT, TESTING_DATA, run_bundle
+from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
+
+CONFIGS = BUNDLE / "configs"
+META = CONFIGS / "metadata.json"
+SCHEMAS = TESTING_DATA / "schemas"
+SCHEMA_NAME = "meta_schema_20240725.json"
+#: The model zoo refuses files over 25 MB in a bundle.
+MAX_FILE_BYTES = 25 * 1024 * 1024
+
+
+def schema_sha256() -> str:
+    """The schema's sha256 as recorded in ``tests/testing_data/schemas/SHA256SUMS``."""
+    sums = dict(reversed(line.split()) for line in (SCHEMAS / "SHA256SUMS").read_text().splitlines() if line)
+    return sums[SCHEMA_NAME]
+
+
+def test_schema_copy_is_the_published_one() -> None:
+    digest = hashlib.sha256((SCHEMAS / SCHEMA_NAME).read_bytes()).hexdigest()
+    assert digest == schema_sha256()
+    assert json.loads(META.read_text())["schema"].endswith("/" + SCHEMA_NAME)
+
+
+def test_verify_metadata_cli(tmp_path) -> None:
+    schema = shutil.copy(SCHEMAS / SCHEMA_NAME, tmp_path / SCHEMA_NAME)
+    proc = run_bundle(
+        "verify_metadata", "--meta_file", str(META), "--filepath", str(schema),
+        "--hash_val", schema_sha256(), "--hash_type", "sha256",
+    )  # fmt: skip
+    assert "metadata is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_verify_metadata_refuses_metadata_without_required_packages(tmp_path) -> None:
+    schema = shutil.copy(SCHEMAS / SCHEMA_NAME, tmp_path / SCHEMA_NAME)
+    meta = json.loads(META.read_text())
+    del meta["required_packages_version"]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="required_packages_version"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=schema)
+
+
+def test_metadata_versions_are_the_installed_ones() -> None:
+    meta = json.loads(META.read_text())
+    assert meta["version"] in meta["changelog"]
+    assert meta["monai_version"] == monai.__version__
+    assert meta["pytorch_version"] == torch.__version__.split("+")[0]
+    assert meta["numpy_version"] == np.__version__
+    installed = {name: importlib.metadata.version(name) for name in meta["required_packages_version"]}
+    assert meta["required_packages_version"] == installed
+
+
+def test_metadata_classes_match_the_configs() -> None:
+    meta = json.loads(META.read_text())["network_data_format"]
+    class_names = json.loads((CONFIGS / "inference.json").read_text())["class_names"]
+    for section in ("outputs", "post_processed_outputs"):
+        pred = meta[section]["pred"]
+        assert pred["num_channels"] == len(class_names)
+        assert [pred["channel_def"][str(i)] for i in range(len(class_names))] == class_names
+    assert meta["post_processed_outputs"]["pred"]["value_range"] == [0, 1]
+
+
+def test_verify_net_in_out_cli() -> None:
+    proc = run_bundle(
+        "verify_net_in_out", "network_def", "--meta_file", str(META), "--config_file", str(CONFIGS / "inference.json"),
+    )  # fmt: skip
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("workflow_type", "config_file"),
+    [
+        ("train", ["train.json"]),
+        ("infer", ["inference.json"]),
+        ("eval", ["train.json", "evaluate.json"]),
+    ],
+)
+def test_workflow_properties(workflow_type: str, config_file: list[str], tiny_cohort) -> None:
+    workflow = ConfigWorkflow(
+        workflow_type=workflow_type,
+        config_file=[str(CONFIGS / name) for name in config_file],
+        meta_file=str(META),
+        logging_file=str(CONFIGS / "logging.conf"),
+        dataset_dir=str(tiny_cohort),
+        spatial_size=[32, 32, 16],
+        cache_workers=1,
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
+
+
+def test_license_data_licence_and_readme() -> None:
+    license_text = (BUNDLE / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text, "the full licence text, not a pointer to it"
+    data_license = (BUNDLE / "docs" / "data_license.txt").read_text()
+    assert "MosMedData" in data_license and "CC BY-NC-ND 3.0" in data_license
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    headings = {line.strip("# *").lower() for line in readme.splitlines() if line.startswith("#")}
+    for section in ("model overview", "data", "training configuration", "performance", "monai bundle commands"):
+        assert section in headings, f"README lacks a '{section}' section"
+    assert {"references", "license"} <= headings
+
+
+def test_readme_commands_name_existing_configs() -> None:
+    readme = (BUNDLE / "docs" / "README.md").read_text()
+    named = set(re.findall(r"configs/[\w.]+\.(?:json|conf)", readme))
+    assert {"configs/train.json", "configs/evaluate.json", "configs/inference.json"} <= named
+    missing = sorted(name for name in named if not (BUNDLE / name).is_file())
+    assert not missing, f"README names configs that do not exist: {missing}"
+    for command in ("run training", "run evaluating", "ckpt_export", "onnx_export", "verify_metadata"):
+        assert f"python -m monai.bundle {command}" in readme
+
+
+def test_every_bundle_file_is_under_25_mb() -> None:
+    files = [path for path in BUNDLE.rglob("*") if path.is_file()]
+    assert files
+    too_big = [f"{path}: {path.stat().st_size} bytes" for path in files if path.stat().st_size >= MAX_FILE_BYTES]
+    assert not too_big
+
+
+def preprocessed_real_ct(spatial_size: list[int]) -> torch.Tensor:
+    """The real DICOM chest series through the bundle's inference preprocessing: ``(1, 1, *spatial_size)``."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["spatial_size"] = spatial_size
+    item = parser.get_parsed_content("preprocessing")({"image": str(REALCT / "Lung_Dx-A0002_thorax_8mm_128")})
+    return item["image"].as_tensor()[None]
+
+
+@pytest.mark.slow
+def test_exported_models_give_the_checkpoint_probabilities(trained_bundle, tmp_path) -> None:
+    import onnxruntime
+
+    configs = trained_bundle / "configs"
+    spatial_size = [32, 32, 16]  # what trained_bundle was trained at
+    common = (
+        "network_def", "--ckpt_file", str(trained_bundle / "models" / "model.pt"),
+        "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+    )  # fmt: skip
+    ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
+    run_bundle("ckpt_export", *common, "--filepath", str(ts_path))
+    input_shape = json.dumps([1, 1, *spatial_size])
+    run_bundle("onnx_export", *common, "--filepath", str(onnx_path), "--input_shape", input_shape)
+    for path in (ts_path, onnx_path):
+        assert 0 < path.stat().st_size < MAX_FILE_BYTES
+
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    network = parser.get_parsed_content("network_def").eval()
+    network.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    image = preprocessed_real_ct(spatial_size)
+    with torch.no_grad():
+        expected = torch.softmax(network(image), dim=1)
+
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(ts_path), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
+    assert json.loads(extra["inference.json"])["network_def"] == parser["network_def"]
+    with torch.no_grad():
+        torchscript = torch.softmax(scripted(image), dim=1)
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
+    onnx = torch.softmax(torch.from_numpy(logits), dim=1)
+
+    torch.testing.assert_close(torchscript, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(onnx, expected, atol=1e-5, rtol=0)

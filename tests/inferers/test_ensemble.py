@@ -1,0 +1,83 @@
+"""Ensembles of checkpoints: averaged probabilities, safe loading, and errors naming the file."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.transforms import Activations
+from torch import nn
+
+from pipeline.inferers.ensemble import Ensemble, load_model_weights, mean_log_probs
+from pipeline.networks.nets import build_network
+from pipeline.utils.errors import InputError
+
+
+def tiny_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv3d(1, 2, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(2, 2))
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    """Two trained-looking nets saved as the bundle saves them ({"model": ...}) and as a bare state dict."""
+    nets = [tiny_net(1), tiny_net(2)]
+    torch.save({"model": nets[0].state_dict()}, tmp_path / "fold0.pt")
+    torch.save(nets[1].state_dict(), tmp_path / "fold1.pt")
+    return nets, [tmp_path / "fold0.pt", str(tmp_path / "fold1.pt")]
+
+
+def test_softmax_of_output_is_the_mean_probability(checkpoints):
+    nets, files = checkpoints
+    x = torch.randn(3, 1, 8, 8, 8)
+    ensemble = Ensemble(tiny_net(0), files).eval()
+    with torch.no_grad():
+        out = ensemble(x)
+        expected = torch.stack([torch.softmax(n(x), dim=1) for n in nets]).mean(dim=0)
+    assert out.shape == (3, 2)
+    # the bundle's postprocessing: Activationsd(softmax=True) on each decollated (K,) output
+    torch.testing.assert_close(torch.stack([Activations(softmax=True)(o) for o in out]).as_tensor(), expected)
+    torch.testing.assert_close(
+        torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 1])),
+        torch.nn.functional.nll_loss(expected.log(), torch.tensor([0, 1, 1])),
+    )
+    assert ensemble.ckpt_files == [str(f) for f in files]
+
+
+def test_one_member_gives_the_network_probabilities(checkpoints):
+    nets, files = checkpoints
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(Ensemble(tiny_net(5), files[:1])(x), 1), torch.softmax(nets[0](x), 1))
+
+
+def test_mean_log_probs_is_stable_for_extreme_logits():
+    logits = [torch.tensor([[1000.0, -1000.0]]), torch.tensor([[-1000.0, 1000.0]])]
+    torch.testing.assert_close(torch.softmax(mean_log_probs(logits), 1), torch.tensor([[0.5, 0.5]]))
+
+
+def test_members_are_independent_copies(checkpoints):
+    _, files = checkpoints
+    template = tiny_net(9)
+    before = [p.clone() for p in template.parameters()]
+    ensemble = Ensemble(template, files)
+    assert all(torch.equal(a, b) for a, b in zip(before, template.parameters())), "template untouched"
+    a, b = (next(iter(m.parameters())) for m in ensemble.members)
+    assert a.data_ptr() != b.data_ptr() and not torch.equal(a, b)
+
+
+def test_bad_checkpoints_name_the_file(tmp_path, checkpoints):
+    _, files = checkpoints
+    with pytest.raises(InputError, match=r"missing\.pt: checkpoint not found"):
+        Ensemble(tiny_net(0), [files[0], tmp_path / "missing.pt"])
+    torch.save({"model": build_network("seed", in_channels=1, num_classes=2).state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match=r"other\.pt: does not fit this network"):
+        load_model_weights(tiny_net(0), tmp_path / "other.pt")
+    torch.save({"model": Activations(softmax=True)}, tmp_path / "code.pt")  # a pickled object, not weights
+    with pytest.raises(InputError, match=r"code\.pt: refused to load"):
+        Ensemble(tiny_net(0), [tmp_path / "code.pt"])
+
+
+@pytest.mark.parametrize("files", [[], "models/model.pt"])
+def test_ckpt_files_must_be_a_list(files):
+    with pytest.raises(ValueError, match="non-empty list"):
+        Ensemble(tiny_net(0), files)

@@ -1,0 +1,105 @@
+"""CheckChestCT / CheckChestCTd: real chest CTs and synthetic chests pass, everything else is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import REALCT
+from monai.data import MetaTensor
+from monai.transforms import Compose, LoadImaged
+
+from pipeline.synth.phantom import generate_study
+from pipeline.transforms.plausibility import CheckChestCT, CheckChestCTd, aerated_fraction
+from pipeline.utils.errors import InputError
+
+CHEST_DICOM = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
+ABDOMEN = REALCT / "abdomen_ct_small.nii.gz"
+
+
+def chest_phantom(shape=(48, 48, 12), lungs: bool = True) -> np.ndarray:
+    """An elliptic soft-tissue body (40 HU) in air (-1000 HU), with two -850 HU lungs, on a -900 HU mattress."""
+    x, y = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    plane = np.full(shape[:2], -1000.0)
+    plane[(x / 0.9) ** 2 + (y / 0.6) ** 2 < 1] = 40.0
+    if lungs:
+        for cx in (-0.4, 0.4):
+            plane[((x - cx) / 0.3) ** 2 + (y / 0.4) ** 2 < 1] = -850.0
+    plane[:, (y[0] < -0.62) & (y[0] > -0.8)] = -900.0  # foam mattress under the body, outside it
+    return np.repeat(plane[..., None], shape[2], axis=2).astype(np.float32)
+
+
+def load(path) -> dict:
+    return Compose([LoadImaged("image", ensure_channel_first=True, image_only=True)])({"image": str(path)})
+
+
+def test_real_chest_dicom_fixture_accepted():
+    data = load(CHEST_DICOM)
+    assert data["image"].shape == (1, 128, 128, 30)
+    assert CheckChestCTd("image")(data)["image"] is data["image"]
+    assert aerated_fraction(data["image"][0].numpy()) > 0.1
+
+
+@pytest.mark.parametrize("path", sorted(p for p in REALCT.glob("*.nii.gz") if p != ABDOMEN), ids=lambda p: p.name)
+def test_real_chest_nifti_accepted(path):
+    CheckChestCTd("image")(load(path))
+
+
+def test_abdomen_refused_naming_the_file():
+    with pytest.raises(InputError, match="not a chest CT") as err:
+        CheckChestCTd("image")(load(ABDOMEN))
+    assert err.value.path == str(ABDOMEN)
+
+
+@pytest.mark.parametrize("category,seed", [("CT-0", 0), ("CT-0", 1), ("CT-2", 2), ("CT-3", 3)])
+def test_synthetic_chest_accepted(category, seed):
+    study = generate_study(category, seed, matrix=64)
+    CheckChestCT()(MetaTensor(torch.from_numpy(study.image[None].astype(np.float32)), affine=study.affine))
+
+
+def test_drawn_chest_accepted_in_every_layout_and_when_cropped_through_the_lungs():
+    chest = chest_phantom()
+    for img in (chest, chest[None], torch.from_numpy(chest[None])):
+        assert CheckChestCT()(img) is img
+    crop = chest[8:40, 12:36]  # lungs cut by the field of view: still filled as inside the body
+    assert aerated_fraction(crop) > aerated_fraction(chest) > 0.3
+    CheckChestCT()(crop)
+
+
+def test_body_without_lungs_refused_despite_mattress():
+    with pytest.raises(InputError, match=r"only 0\.0% of the body"):
+        CheckChestCT()(chest_phantom(lungs=False), filename="belly.nii.gz")
+
+
+def _with(value_at_corner: float) -> np.ndarray:
+    chest = chest_phantom()
+    chest[0, 0, 0] = value_at_corner
+    return chest
+
+
+@pytest.mark.parametrize(
+    "volume,problem",
+    [
+        (_with(np.nan), "NaN or infinite"),
+        (_with(np.inf), "NaN or infinite"),
+        (np.full((16, 16, 8), -1000.0), "constant"),
+        (chest_phantom() + 1000.0, "no air"),  # MR-like / stored values without the rescale: nothing below 0
+        ((chest_phantom() + 1000.0) / 500.0 - 1.0, "no air"),  # normalised to about [-1, 1]
+        (_with(1e6), "not Hounsfield units"),
+        (chest_phantom()[:, :, 0], "expected a 3D volume"),
+        (np.stack([chest_phantom()] * 2), "expected a 3D volume"),
+        (chest_phantom()[None, :, :, :1], "single slice"),
+    ],
+    ids=["nan", "inf", "constant", "mr-like", "normalised", "huge", "2d", "two-channels", "one-slice"],
+)
+def test_bad_volume_refused(volume, problem):
+    img = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume)), meta={"filename_or_obj": "/data/bad.nii.gz"})
+    with pytest.raises(InputError, match=problem) as err:
+        CheckChestCT()(img)
+    assert err.value.path == "/data/bad.nii.gz"
+
+
+def test_dict_transform_names_file_from_meta_dict_for_plain_arrays():
+    data = {"image": np.full((1, 8, 8, 8), 5.0), "image_meta_dict": {"filename_or_obj": "x.nii"}}
+    with pytest.raises(InputError, match=r"^x\.nii: the volume is constant"):
+        CheckChestCTd("image")(data)
