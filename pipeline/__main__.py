@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("pipeline.evaluation.report", "metrics with bootstrap intervals and a self-contained HTML report"),
     "infer": ("pipeline.deploy.infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
     "cv-summary": ("pipeline.evaluation.cv", "mean and sd of each metric over the folds of a cross-validation"),
+    "realism": (
+        "pipeline.synth.realism",
+        "compare synthetic and real chest CTs: lung HU, texture, vessels, noise, shape",
+    ),
 }
 
 
