@@ -180,27 +180,61 @@ def _upsample_variance(factor: int) -> float:
 def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma_mm: float, spacing) -> np.ndarray:
     """Gaussian random field with unit std and correlation length ``sigma_mm``; float32 ``shape``.
 
-    Drawn on a grid coarse enough for ``sigma_mm``, filtered, and upsampled bilinearly.
+    Drawn on a grid coarse enough for ``sigma_mm``, filtered, and upsampled bilinearly (:func:`upsample`).
     """
     px, pz = spacing[0], spacing[2]
     step = max(1, int(sigma_mm / (2 * px)))
     coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
     noise = rng.standard_normal(coarse, dtype=np.float32)
     noise = ndimage.gaussian_filter(noise, (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,), mode="wrap")
-    zoomed = ndimage.zoom(noise, (step, step, 1), order=1, grid_mode=True, mode="grid-wrap")
-    out = zoomed[: shape[0], : shape[1]]
+    out = upsample(noise, step)[: shape[0], : shape[1]]
     return ((out - out.mean()) / (out.std() + 1e-6)).astype(np.float32)
+
+
+#: Findings that mimic disease, drawn in EVERY category at these rates from the nuisance stream (so
+#: they carry no label) and never part of the lesion mask: name -> probability per study.
+MIMIC_RATES: dict[str, float] = {
+    "nodule": 0.30,  # 1-3 solid nodules, 5-30 mm, 0-50 HU
+    "mass": 0.05,  # one lobulated mass, 30-60 mm
+    "scar": 0.20,  # 1-3 linear scars
+    "atelectasis": 0.20,  # plate (discoid) atelectasis at the bases
+    "emphysema": 0.15,  # centrilobular low attenuation (-950..-1000 HU), upper zones
+    "dependent_band": 0.30,  # posterior subpleural band of dependent density (-700..-500 HU)
+    "motion": 0.20,  # cardiac / diaphragm motion: doubling and blur near the heart
+    "streaks": 0.30,  # streaks from shoulders / arms, or (1 in 3) from a metal object
+}
+#: Rates of the other nuisance findings outside the lungs.
+ARMS_DOWN_P = 0.30
+BREASTS_P = 0.35
+CONTRAST_P = 0.30
+COUCHES = ("flat", "curved", "double")
+#: Keys of :func:`draw_lesions`: the only parameters that depend on the category.
+LESION_KEYS = (
+    "target_fraction",
+    "n_patches",
+    "ggo_hu",
+    "ggo_var_hu",
+    "margin_mm",
+    "consolidation_share",
+    "consolidation_hu",
+    "crazy_paving",
+    "paving_hu",
+    "subpleural_lines",
+    "peripheral_weight",
+    "posterior_weight",
+    "basal_weight",
+    "left_right_bias",
+)
 
 
 def draw_nuisance(
     rng: np.random.Generator, matrix: int, n_slices: int | None = None, scanner: ScannerProfile = SCANNERS["mosmed"]
 ) -> dict[str, Any]:
-    """Draw patient, breathing and scanner parameters (never depends on the category).
+    """Draw patient, breathing, scanner and mimic parameters (never depends on the category).
 
     The craniocaudal coverage is that of 33-54 MosMedData slices of 8 mm in every profile; the
     slice count is the coverage over the profile's slice spacing, or ``n_slices`` when given (then
-    the coverage is ``n_slices`` times the spacing). The ``"mosmed"`` profile draws exactly the
-    numbers it always drew, so its studies stay byte-identical for a seed.
+    the coverage is ``n_slices`` times the spacing).
     """
     u = rng.uniform
     n_ref = int(rng.integers(SLICE_RANGE[0], SLICE_RANGE[1] + 1)) if n_slices is None else None
@@ -210,6 +244,8 @@ def draw_nuisance(
     lung_base = u(0.0, 2 * SLICE_SPACING_MM)
     top_margin = u(-SLICE_SPACING_MM, 2.5 * SLICE_SPACING_MM)
     kernel = str(rng.choice(list(scanner.kernels), p=scanner.kernel_p))
+    # inspiration level: deeper breath = lower domes and darker lungs (real normals: median -850..-790 HU)
+    inspiration = u(0.0, 1.0)
     p = {
         "scanner": scanner.name,
         "pixel_mm": fov / matrix,
@@ -224,17 +260,20 @@ def draw_nuisance(
         "shift_y_mm": u(-25.0, 10.0),
         "table_gap_mm": u(5.0, 40.0),
         # breathing: base position in the scan, parenchymal density (lung height below)
+        "inspiration": inspiration,
         "lung_base_mm": lung_base,
-        "dome_mm": u(30.0, 55.0),
+        "dome_mm": 50.0 - 20.0 * inspiration + u(-6.0, 6.0),
         "right_dome_extra_mm": u(5.0, 20.0),
-        "lung_hu": u(-880.0, -810.0),
-        "lung_texture_hu": u(10.0, 25.0),
-        "dependent_hu": u(30.0, 160.0),
-        "dependent_mm": u(8.0, 22.0),
-        "mediastinum_mm": u(16.0, 26.0),
-        "heart_scale": u(0.85, 1.15),
-        "vessel_root_mm": u(5.0, 7.0),
+        "lung_hu": -790.0 - 75.0 * inspiration + u(-12.0, 12.0),
+        "lung_texture_hu": u(3.0, 7.0),
+        "lung_regional_hu": u(4.0, 12.0),
+        "dependent_hu": u(20.0, 90.0),
+        "dependent_mm": u(6.0, 16.0),
+        "mediastinum_mm": u(18.0, 28.0),
+        "heart_scale": u(0.9, 1.15),
+        "vessel_root_mm": u(4.5, 6.0),
         "vessel_hu": u(30.0, 50.0),
+        "fissure_tilt": u(0.8, 1.3),
         "fat_hu": u(-115.0, -85.0),
         "muscle_hu": u(38.0, 55.0),
         "liver_hu": u(50.0, 70.0),
@@ -242,12 +281,21 @@ def draw_nuisance(
         "cortical_hu": u(700.0, 1200.0),
         "rib_pitch_mm": u(22.0, 30.0),
         "rib_phase_mm": u(0.0, 30.0),
+        # outside the lungs
+        "arms_down": bool(rng.random() < ARMS_DOWN_P),
+        "breasts": bool(rng.random() < BREASTS_P),
+        "couch": str(rng.choice(COUCHES)),
+        "contrast": bool(rng.random() < CONTRAST_P),
+        "contrast_hu": u(150.0, 300.0),
+        "scapula_mm": u(80.0, 140.0),
         # scanner
         "kernel": kernel,
         "noise_hu": u(*scanner.noise_hu),
         "padding_hu": int(rng.choice(scanner.padding_hu)),
         "origin_z_mm": u(-450.0, -150.0),
     }
+    for name, rate in MIMIC_RATES.items():
+        p[f"mimic_{name}"] = bool(rng.random() < rate)
     lo, hi = scanner.slice_mm
     dz = lo if lo == hi else u(lo, hi)
     n = int(n_slices) if n_ref is None else max(1, round(n_ref * SLICE_SPACING_MM / dz))
@@ -256,80 +304,145 @@ def draw_nuisance(
     return p
 
 
+def mimics_of(params: dict[str, Any]) -> str:
+    """The mimics present in a study, ``"+"``-joined (``"none"`` if none), from its params."""
+    names = [name for name in MIMIC_RATES if params.get(f"mimic_{name}")]
+    return "+".join(names) or "none"
+
+
 def draw_lesions(rng: np.random.Generator, category: str) -> dict[str, Any]:
-    """Draw the opacity burden and appearance for ``category`` (own random stream)."""
+    """Draw the opacity burden and appearance for ``category`` (own random stream).
+
+    CT-1 involvement is log-uniform in 1-22 % of the lung (three in four below 10 %: one to a few
+    small patches); the other bands are uniform inside their MosMedData band.
+    """
     lo, hi = CATEGORY_BANDS[category]
     if hi == 0.0:
         return {"target_fraction": 0.0}
-    lo, hi = max(lo + BAND_MARGIN, 0.01), hi - BAND_MARGIN
+    u = rng.uniform
+    if category == "CT-1":
+        target = float(np.exp(u(np.log(0.01), np.log(hi - 0.03))))
+    else:
+        target = u(lo + BAND_MARGIN, hi - BAND_MARGIN)
+    mild = category == "CT-1"
     return {
-        "target_fraction": rng.uniform(lo, hi),
-        "ggo_hu": rng.uniform(-650.0, -350.0),
-        # faint ground glass (still below -600 HU) at the margins of the opacities
-        "faint_share": rng.uniform(0.15, 0.3),
-        "faint_hu": rng.uniform(90.0, 160.0),
-        "consolidation_share": rng.uniform(0.0, 0.35),
-        "consolidation_hu": rng.uniform(10.0, 50.0),
-        "scale_mm": rng.uniform(18.0, 35.0),
-        "peripheral_weight": rng.uniform(0.8, 1.6),
-        "posterior_weight": rng.uniform(0.3, 1.0),
-        "basal_weight": rng.uniform(0.3, 1.0),
-        "left_right_bias": rng.uniform(-0.4, 0.4),
+        "target_fraction": target,
+        "n_patches": int(1 + rng.poisson(1.5 + 40.0 * target)),
+        # diffuse (CT-4) ground glass is fainter on the whole: some lung stays aerated (below -600 HU)
+        "ggo_hu": u(-700.0, -540.0) if category == "CT-4" else u(-650.0, -380.0),
+        "ggo_var_hu": u(20.0, 60.0),
+        "margin_mm": u(2.0, 5.0),
+        "consolidation_share": u(0.0, 0.08) if mild else u(0.0, 0.25),
+        "consolidation_hu": u(-120.0, 30.0),
+        "crazy_paving": bool(rng.random() < 0.3),
+        "paving_hu": u(80.0, 180.0),
+        "subpleural_lines": bool(rng.random() < 0.35),
+        "peripheral_weight": u(1.5, 3.0),
+        "posterior_weight": u(0.3, 1.2),
+        "basal_weight": u(0.3, 1.2),
+        "left_right_bias": u(-0.5, 0.5),
     }
 
 
-def _vessel_points(rng: np.random.Generator, p: dict[str, Any], hila: list[np.ndarray], step_mm: float):
-    """Centerline points (N, 3) in body mm and radii (N,) of two branching, tapering vessel trees."""
-    starts, dirs, radii, lengths = [], [], [], []
+def _vessel_tree(rng: np.random.Generator, root_mm: float, hila: list[np.ndarray], step_mm: float, min_mm=0.5):
+    """Centerline points (N, 3) in body mm, radii (N,) and unit directions (N, 3) of two vessel trees.
+
+    Monopodial branching: each segment (5-12 mm) tapers exponentially with path length (radius
+    falls e-fold every 35-55 mm, so 5 mm hilar arteries reach the pleura at about 0.5 mm); at its
+    end the trunk goes on almost straight and a side branch of 0.5-0.85 of its radius leaves at
+    0.5-1.0 rad. Branches lean outwards from the hilum; they stop below ``min_mm``.
+    """
+    starts, dirs, origins = [], [], []
     for side, hilum in zip((-1.0, 1.0), hila, strict=True):
-        for d in ROOT_DIRECTIONS:
-            d = (d[0] * side, d[1], d[2])
+        for d in ROOT_DIRECTIONS * 2:  # each direction twice (jittered): arteries and veins
+            d = np.array((d[0] * side, d[1], d[2])) + rng.normal(0.0, 0.25, 3)
             starts.append(hilum)
-            dirs.append(np.asarray(d) / np.linalg.norm(d))
-            radii.append(p["vessel_root_mm"])
-            lengths.append(rng.uniform(20.0, 35.0))
-    start, direction = np.array(starts), np.array(dirs)
-    radius, length = np.array(radii), np.array(lengths)
-    points, point_radii = [], []
+            dirs.append(d / np.linalg.norm(d))
+            origins.append(hilum)
+    start, direction, origin = np.array(starts), np.array(dirs), np.array(origins)
+    radius = root_mm * rng.uniform(0.8, 1.1, len(start))
+    taper = rng.uniform(60.0, 80.0)
+    points, point_radii, point_dirs = [], [], []
     while len(start):
+        length = rng.uniform(5.0, 12.0, len(start))
         n = np.maximum(1, np.ceil(length / step_mm)).astype(int)
         seg = np.repeat(np.arange(len(start)), n)
         t = (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n) + 0.5) / np.repeat(n, n)
-        points.append(start[seg] + direction[seg] * (t * length[seg])[:, None])
-        point_radii.append(radius[seg])
-        keep = radius * 0.8 >= 0.5
-        end = (start + direction * length[:, None])[keep]
-        parent = direction[keep]
-        perp = np.cross(parent, rng.normal(size=parent.shape))
+        s = t * length[seg]
+        points.append(start[seg] + direction[seg] * s[:, None])
+        point_radii.append(radius[seg] * np.exp(-s / taper))
+        point_dirs.append(direction[seg])
+        end = start + direction * length[:, None]
+        r_end = radius * np.exp(-length / taper)
+        perp = np.cross(direction, rng.normal(size=direction.shape))
         perp /= np.linalg.norm(perp, axis=1, keepdims=True) + 1e-9
-        angles = rng.uniform(0.3, 0.7, size=(2, len(parent), 1))
-        children = [np.cos(a) * parent + s * np.sin(a) * perp for a, s in zip(angles, (1, -1), strict=True)]
-        start = np.concatenate([end, end])
-        direction = np.concatenate(children)
-        radius = np.tile(radius[keep] * 0.8, 2)
-        length = np.tile(length[keep] * 0.85, 2) * rng.uniform(0.7, 1.3, size=2 * keep.sum())
-    return np.concatenate(points), np.concatenate(point_radii)
+        out = end - origin
+        out /= np.linalg.norm(out, axis=1, keepdims=True) + 1e-9
+        new_s, new_d, new_r, new_o = [], [], [], []
+        for r_child, (alo, ahi), sgn in (
+            (r_end, (0.0, 0.2), 1.0),
+            (r_end * rng.uniform(0.5, 0.85, len(start)), (0.5, 1.0), -1.0),
+        ):
+            keep = r_child >= min_mm
+            a = rng.uniform(alo, ahi, size=(len(start), 1))
+            child = np.cos(a) * direction + sgn * np.sin(a) * perp + 0.15 * out
+            child /= np.linalg.norm(child, axis=1, keepdims=True)
+            new_s.append(end[keep])
+            new_d.append(child[keep])
+            new_r.append(r_child[keep])
+            new_o.append(origin[keep])
+        start, direction = np.concatenate(new_s), np.concatenate(new_d)
+        radius, origin = np.concatenate(new_r), np.concatenate(new_o)
+    return np.concatenate(points), np.concatenate(point_radii), np.concatenate(point_dirs)
 
 
-def _splat_vessels(points, radii, to_index, shape, pixel: float, dz: float) -> np.ndarray:
-    """Vessel volume fraction per voxel (``pixel`` x ``pixel`` x ``dz`` mm): each point deposits its
-    share of ``pi r^2 dl`` and is spread in-plane by a Gaussian of the same area (so thin in-plane
-    vessels get partial volume)."""
+def _splat(points, radii, to_index, shape, pixel: float, dz: float, classes=(0.8, 1.6, 3.0)) -> np.ndarray:
+    """Volume fraction per voxel (``pixel`` x ``pixel`` x ``dz`` mm) of tubes along ``points``: each
+    point deposits its share of ``pi r^2 dl`` (``dl`` = half a pixel) and is spread in-plane by a
+    Gaussian of the same area (so thin vessels get partial volume); one filter per radius class."""
+    if not len(points):
+        return np.zeros(shape, np.float32)
     idx = to_index(points)
     inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
     idx, radii = idx[inside], radii[inside]
     flat = np.ravel_multi_index(idx.T, shape)
     step = pixel / 2
     fraction = np.zeros(shape, np.float32)
-    for lo, hi in ((0.0, 1.2), (1.2, 2.5), (2.5, np.inf)):
+    edges = (0.0, *classes, np.inf)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         sel = (radii >= lo) & (radii < hi)
         if not sel.any():
             continue
         volume = np.pi * radii[sel] ** 2 * step / (pixel**2 * dz)
         grid = np.bincount(flat[sel], volume, minlength=fraction.size).reshape(shape).astype(np.float32)
         sigma = max(np.median(radii[sel]) / np.sqrt(2) / pixel, 0.5)
-        fraction += ndimage.gaussian_filter(grid, (sigma, sigma, 0))
+        fraction += ndimage.gaussian_filter(grid, (sigma, sigma, 0), truncate=3.0)
     return np.clip(fraction, 0.0, 1.0)
+
+
+def _blob_field(shape, idx: np.ndarray, weights: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    """Sum of Gaussian blobs (peak ``weights``, std ``sigma_mm``) at voxel indices ``idx`` (N, 3),
+    built on a grid coarse enough for ``sigma_mm`` and upsampled; float32 ``shape``."""
+    px, pz = spacing[0], spacing[2]
+    step = max(1, int(sigma_mm / (2 * px)))
+    coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
+    grid = np.zeros(coarse, np.float32)
+    np.add.at(grid, (idx[:, 0] // step, idx[:, 1] // step, idx[:, 2]), weights.astype(np.float32))
+    sig = (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,)
+    grid = ndimage.gaussian_filter(grid, sig, mode="constant", truncate=3.0)
+    grid *= np.float32((2 * np.pi) ** 1.5 * np.prod(sig))
+    return upsample(grid, step)[: shape[0], : shape[1]]
+
+
+def _lines(gx, gy, x0: float, y0: float, angles, amps, width: float, decay: float) -> np.ndarray:
+    """Streaks: lines through (x0, y0) (mm) at ``angles`` with amplitudes ``amps`` (HU), Gaussian
+    cross-section ``width`` mm, fading with distance from the source over ``decay`` mm; 2D float32."""
+    dx, dy = gx - np.float32(x0), gy - np.float32(y0)
+    out = np.zeros(gx.shape, np.float32)
+    for t, amp in zip(angles, amps, strict=True):
+        d = dx * np.float32(np.sin(t)) - dy * np.float32(np.cos(t))
+        out += np.float32(amp) * np.exp(-((d / np.float32(width)) ** 2))
+    return out * np.exp(-np.sqrt(dx**2 + dy**2) / np.float32(decay))
 
 
 def generate_study(
@@ -342,7 +455,7 @@ def generate_study(
     """Generate one synthetic chest CT of MosMedData ``category`` ("CT-0" ... "CT-4").
 
     Args:
-        category: the MosMedData category; sets only the lesion burden.
+        category: the MosMedData category; sets only the lesion burden and appearance.
         rng_seed: an int or a ``numpy.random.SeedSequence``; equal seeds give equal studies.
         matrix: in-plane size; the field of view is that of a 512 matrix. ``None``: the scanner
             profile's default (512 for ``"mosmed"``, 384 for ``"shifted"``).
@@ -365,6 +478,7 @@ def generate_study(
     rng = np.random.default_rng(nuisance_seq)
     p = draw_nuisance(rng, matrix, _n_slices, profile)
     lesion = draw_lesions(np.random.default_rng(lesion_seq), category)
+    f32 = np.float32
 
     work = matrix // factor
     px = p["fov_mm"] / work
@@ -381,6 +495,7 @@ def generate_study(
     x = cr * (gx - p["shift_x_mm"]) + sr * (gy - p["shift_y_mm"])
     y = -sr * (gx - p["shift_x_mm"]) + cr * (gy - p["shift_y_mm"])
     z = (np.arange(nz, dtype=np.float32) * dz)[None, None, :]
+    zz = z[0, 0]
 
     def to_index(pts: np.ndarray) -> np.ndarray:
         bx, by = pts[:, 0], pts[:, 1]
@@ -401,15 +516,48 @@ def generate_study(
     muscle_end = 2 + p["fat_mm"] + p["muscle_mm"] + paraspinal
     wall = muscle_end + 8.0
     fat_tex = smooth_field(rng, (*shape[:2], 1), 4.0, spacing)[..., 0]
+    fat2d = p["fat_hu"] + 8 * fat_tex
 
     hu2d = np.full(shape[:2], AIR_HU, np.float32)
     hu2d = np.where(depth > 0, 30.0, hu2d)
-    hu2d = np.where(depth > 2, p["fat_hu"] + 8 * fat_tex, hu2d)
+    hu2d = np.where(depth > 2, fat2d, hu2d)
     hu2d = np.where(depth > 2 + p["fat_mm"], p["muscle_hu"], hu2d)
-    # couch below the patient
-    couch = (y < -back - p["table_gap_mm"]) & (y > -back - p["table_gap_mm"] - 8) & (np.abs(x) < 0.8 * a)
-    hu2d = np.where(couch, 150.0, hu2d)
+    # arms beside the body (skin, fat, muscle, humerus) in some scans; raised out of the field in the others
+    arm_y = -0.05 * b + rng.uniform(-15.0, 15.0)
+    arm_r = rng.uniform(35.0, 50.0, 2)
+    arm_gap = rng.uniform(3.0, 25.0)
+    arm_x = a + arm_gap + arm_r[0]
+    if p["arms_down"]:
+        for sgn in (-1.0, 1.0):
+            ar = np.sqrt(((x - sgn * arm_x) / arm_r[0]) ** 2 + ((y - arm_y) / arm_r[1]) ** 2)
+            ad = (1 - ar) * arm_r[0]
+            bone = np.sqrt((x - sgn * arm_x) ** 2 + (y - arm_y) ** 2)
+            hu2d = np.where(ad > 0, 30.0, hu2d)
+            hu2d = np.where(ad > 2, fat2d, hu2d)
+            hu2d = np.where(ad > 2 + 0.5 * p["fat_mm"], p["muscle_hu"], hu2d)
+            hu2d = np.where(bone < 12.0, np.where(bone < 8.5, p["bone_hu"] - 50, p["cortical_hu"]), hu2d)
+    # couch below the patient: flat board, curved shell, or a mattress on a board
+    couch_top = -back - p["table_gap_mm"]
+    if p["couch"] == "curved":
+        couch_top = couch_top + 0.35 * (x / a) ** 2 * 40.0
+    couch_th = rng.uniform(5.0, 10.0)
+    couch = (y < couch_top) & (y > couch_top - couch_th) & (np.abs(x) < rng.uniform(0.7, 0.95) * a)
+    hu2d = np.where(couch & (hu2d == AIR_HU), rng.uniform(100.0, 250.0), hu2d)
+    if p["couch"] == "double":
+        pad = (y < -back) & (y > -back - 0.7 * p["table_gap_mm"]) & (np.abs(x) < 0.9 * a) & (hu2d == AIR_HU)
+        hu2d = np.where(pad, rng.uniform(-750.0, -600.0), hu2d)
     hu = np.repeat(hu2d[..., None], nz, axis=2)
+
+    # breasts in some scans: anterior fat with glandular tissue over the mid and lower chest
+    if p["breasts"]:
+        br = rng.uniform(45.0, 70.0)
+        bh = rng.uniform(20.0, 60.0)
+        zb = (zz > p["lung_base_mm"] + rng.uniform(10, 40)) & (zz < p["lung_base_mm"] + rng.uniform(110, 170))
+        for sgn in (-1.0, 1.0):
+            e = ((x - sgn * 0.42 * a) / br) ** 2 + ((y - 0.6 * b) / (0.4 * b + bh)) ** 2
+            breast = (e < 1) & (depth <= 0) & (y > 0.3 * b)
+            tissue = np.where((fat_tex > 0.4) & (e < 0.6), 35.0, fat2d)
+            hu[breast[..., None] & zb] = np.broadcast_to(tissue[..., None], hu.shape)[breast[..., None] & zb]
 
     # ribs: bands in the rib zone, sloping down anteriorly; cortical rim on both faces
     theta_y = np.clip(y / b, -1, 1)[..., None]
@@ -425,6 +573,15 @@ def generate_study(
     cavity_depth = (depth - wall)[..., None]
     base = p["lung_base_mm"]
     apex = base + p["lung_height_mm"]
+    # scapulae: curved bony plates behind the upper ribs
+    scap = (
+        (depth > 2 + p["fat_mm"] + 1)
+        & (depth < 2 + p["fat_mm"] + 6)
+        & (np.abs(x) > 0.3 * a)
+        & (np.abs(x) < 0.85 * a)
+        & (y < -0.2 * b)
+    )[..., None] & (z > apex - p["scapula_mm"])
+    hu = np.where(scap, p["bone_hu"] + 100.0, hu)
     lateral = a - 12.0 - p["fat_mm"] - p["muscle_mm"]
     side_x = 0.5 * lateral
     dome = np.zeros(shape, np.float32)
@@ -438,11 +595,11 @@ def generate_study(
 
     med = (p["mediastinum_mm"] * (0.8 + 0.6 * np.exp(-(((y - 0.3 * b) / (0.4 * b)) ** 2))))[..., None]
     heart_c = np.array([18.0, 0.25 * b, base + p["dome_mm"] + 45.0])
-    hs = p["heart_scale"] * np.array([60.0, 0.45 * b, 55.0])
-    heart = (((x - heart_c[0]) / hs[0]) ** 2 + ((y - heart_c[1]) / hs[1]) ** 2)[..., None] + (
+    hs = p["heart_scale"] * np.array([62.0, 0.45 * b, 55.0])
+    heart_e = (((x - heart_c[0]) / hs[0]) ** 2 + ((y - heart_c[1]) / hs[1]) ** 2)[..., None] + (
         (z - heart_c[2]) / hs[2]
-    ) ** 2 < 1
-    heart &= z >= dome
+    ) ** 2
+    heart = (heart_e < 1) & (z >= dome)
     aorta = (((x - 20.0) ** 2 + (y - spine_y - 30.0) ** 2) < 12.0**2)[..., None] & (z < apex - 20)
     vertebra_r = np.sqrt(x**2 + (y - spine_y) ** 2)
     mediastinum = (np.abs(x)[..., None] < med) | heart | aorta | (vertebra_r < 24)[..., None]
@@ -453,7 +610,10 @@ def generate_study(
     soft = np.where(med_tex > 0.4, p["fat_hu"], p["muscle_hu"] - 5)
     abdomen = np.where(x[..., None] < 25, p["liver_hu"], np.where(med_tex > 0.6, p["fat_hu"], 40.0))
     inside = np.where(z < dome, abdomen, soft)
-    inside = np.where(heart, np.where(med_tex > 1.2, p["fat_hu"], 42.0), inside)
+    blood = p["contrast_hu"] if p["contrast"] else 42.0
+    chambers = np.where(heart_e < 0.55, blood, 42.0)
+    inside = np.where(heart, np.where(med_tex > 1.2, p["fat_hu"], chambers), inside)
+    inside = np.where(aorta, blood, inside)
     hu = np.where(cavity_depth > 0, inside, hu)
 
     # spine and sternum
@@ -469,60 +629,239 @@ def generate_study(
 
     # trachea above the carina, main bronchi below it
     carina = apex - 0.4 * p["lung_height_mm"]
-    tz = z[0, 0]
-    airway_x = np.where(tz > carina, 0.0, np.clip((carina - tz) * 0.8, 0, 40.0))
-    airway_ok = (tz > carina - 45) & (tz < apex + 30)
+    airway_x = np.where(zz > carina, 0.0, np.clip((carina - zz) * 0.8, 0, 40.0))
+    airway_ok = (zz > carina - 45) & (zz < apex + 30)
     for sgn in (-1.0, 1.0):
         r = np.sqrt((x[..., None] - sgn * airway_x) ** 2 + (y - spine_y - 38.0)[..., None] ** 2)
-        lumen = np.where(tz > carina, 9.0, 6.5)
+        lumen = np.where(zz > carina, 9.0, 6.5)
         hu = np.where(airway_ok & (r < lumen + 2), np.where(r < lumen, AIR_HU, p["muscle_hu"]), hu)
 
-    # lung parenchyma: texture, dependent density at the back and bases, vessel tree
-    lung_tex = smooth_field(rng, shape, 3.0, spacing)
+    # ---- lungs, built on the bounding box of the lung space ----
+    ii = np.flatnonzero(lung_space.any(axis=(1, 2)))
+    jj = np.flatnonzero(lung_space.any(axis=(0, 2)))
+    if len(ii):
+        i0, i1, j0, j1 = ii[0], ii[-1] + 1, jj[0], jj[-1] + 1
+    else:
+        i0, i1, j0, j1 = 0, 1, 0, 1
+    box = (slice(i0, i1), slice(j0, j1))
+    cshape = (i1 - i0, j1 - j0, nz)
+    xc, yc = x[box][..., None], y[box][..., None]
+    cdepth = np.maximum(cavity_depth[box], 0)
+    space_c = lung_space[box]
+    frac_c = lung_frac[box]
+    lung_c = frac_c > 0.5
+
+    def to_crop(pts: np.ndarray) -> np.ndarray:
+        return to_index(pts) - np.array([i0, j0, 0])
+
+    # parenchyma: smooth, a little regional variation, dependent density at the back and bases
+    lung_tex = smooth_field(rng, cshape, 2.0, spacing)
+    regional = smooth_field(rng, cshape, 25.0, spacing)
     basal = np.clip((base + p["dome_mm"] + 40 - z) / 80.0, 0, 1)
-    dependent = (
-        p["dependent_hu"]
-        * np.exp(-np.maximum(cavity_depth, 0) / p["dependent_mm"])
-        * (1 / (1 + np.exp(y / 20.0)))[..., None]
-        * (0.4 + 0.6 * basal)
+    posterior = 1 / (1 + np.exp(yc / 20.0))
+    dependent = p["dependent_hu"] * np.exp(-cdepth / p["dependent_mm"]) * posterior * (0.4 + 0.6 * basal)
+    if p["mimic_dependent_band"]:
+        band_hu, band_mm = rng.uniform(120.0, 300.0), rng.uniform(5.0, 12.0)
+        dependent = dependent + band_hu * np.exp(-cdepth / band_mm) * (1 / (1 + np.exp((yc + 0.25 * b) / 8.0))) * (
+            0.5 + 0.5 * basal
+        )
+    lung_hu = p["lung_hu"] + p["lung_texture_hu"] * lung_tex + p["lung_regional_hu"] * regional + dependent
+
+    # lung voxels (crop indices) and their body coordinates, for placing findings
+    lung_idx = np.argwhere(lung_c)
+    lung_xyz = np.stack(
+        [xc[lung_idx[:, 0], lung_idx[:, 1], 0], yc[lung_idx[:, 0], lung_idx[:, 1], 0], zz[lung_idx[:, 2]]], 1
     )
-    lung_hu = p["lung_hu"] + p["lung_texture_hu"] * lung_tex + dependent
+
+    def pick(weights: np.ndarray | None = None, n: int = 1, stream: np.random.Generator = rng) -> np.ndarray:
+        """Indices into lung_idx drawn with probabilities ``weights`` (uniform if None)."""
+        if not len(lung_idx):
+            return np.zeros(0, int)
+        if weights is None:
+            return stream.integers(0, len(lung_idx), n)
+        cdf = np.cumsum(weights, dtype=np.float64)
+        return np.minimum(np.searchsorted(cdf, stream.uniform(0, cdf[-1], n)), len(lung_idx) - 1)
+
+    height = max(p["lung_height_mm"], 1.0)
+    rel_z = (lung_xyz[:, 2] - base) / height if len(lung_idx) else np.zeros(0)
+
+    if p["mimic_emphysema"]:
+        # centrilobular holes, upper zones
+        n_holes = int(rng.uniform(0.003, 0.012) * len(lung_idx))
+        sel = pick(np.clip(rel_z, 0.05, 1) ** 2, n_holes)
+        hole_mm = rng.uniform(1.5, 3.0)
+        holes = np.minimum(_blob_field(cshape, lung_idx[sel], np.ones(len(sel)), hole_mm, spacing) * 1.5, 1)
+        lung_hu = lung_hu * (1 - holes) + holes * (-985.0 + 5 * lung_tex)
+
+    # ---- opacities (category-dependent: their own streams) ----
+    lesion_mask_c = np.zeros(cshape, bool)
+    if lesion["target_fraction"] > 0 and len(lung_idx):
+        lrng = np.random.default_rng(texture_seq)
+        depth_l = cdepth[lung_idx[:, 0], lung_idx[:, 1], 0]
+        w = (
+            lesion["peripheral_weight"] * np.exp(-depth_l / 15.0)
+            + lesion["posterior_weight"] * np.clip(0.5 - lung_xyz[:, 1] / (2 * b), 0, 1)
+            + lesion["basal_weight"] * np.clip(1 - rel_z, 0, 1)
+        ) * (1 + lesion["left_right_bias"] * np.sign(lung_xyz[:, 0]))
+        n = lesion["n_patches"]
+        centres = lung_idx[pick(w**2, n, lrng)]
+        # blob size so that n blobs cover about the target share of this lung (a blob's core ~ 14 sigma^3)
+        lung_mm3 = len(lung_idx) * px * px * dz
+        sigma = (1.5 * lesion["target_fraction"] * lung_mm3 / (14.0 * n)) ** (1 / 3)
+        sizes = np.clip(sigma * lrng.uniform(0.6, 1.4, n), 3.0, 40.0)
+        heights = lrng.uniform(0.5, 1.0, n)
+        score = np.zeros(cshape, np.float32)
+        for lo, hi in ((0, 9), (9, 14), (14, np.inf)):
+            sel = (sizes >= lo) & (sizes < hi)
+            if sel.any():
+                score += _blob_field(cshape, centres[sel], heights[sel], float(np.median(sizes[sel])), spacing)
+        irregular = smooth_field(lrng, cshape, 6.0, spacing)
+        score = score * (1 + 0.3 * irregular) + 0.01 * np.exp(-cdepth / 20.0)
+        values = score[lung_c]
+        thr = np.quantile(values, 1 - lesion["target_fraction"])
+        # soft margin: the score falls by ``width`` over about ``margin_mm`` at a blob's edge
+        width = max(float(thr) * 1.5 * lesion["margin_mm"] / sigma, 1e-4)
+        amount = np.clip(0.5 + (score - thr) / (2 * width), 0, 1)
+        # ground glass: rises smoothly from the margin to ggo_hu (+- a regional variation)
+        ggo = lesion["ggo_hu"] + lesion["ggo_var_hu"] * irregular
+        opac = lung_hu + amount * (ggo - p["lung_hu"])
+        if lesion["crazy_paving"]:
+            net = smooth_field(lrng, cshape, 2.5, spacing)
+            opac = opac + lesion["paving_hu"] * np.exp(-((net / 0.2) ** 2)) * amount
+        if lesion["subpleural_lines"]:
+            d0 = lrng.uniform(4.0, 10.0)
+            opac = opac + 250.0 * np.exp(-(((cdepth - d0) / 1.2) ** 2)) * np.clip(2 * amount, 0, 1) * posterior
+        core = np.quantile(values[values > thr], 1 - lesion["consolidation_share"]) if (values > thr).any() else thr
+        cons = np.clip(0.5 + (score - core) / (6 * width), 0, 1) * (lesion["consolidation_share"] > 0.02)
+        opac = opac * (1 - cons) + cons * (lesion["consolidation_hu"] + 10 * lung_tex)
+        lung_hu = opac
+        lesion_mask_c = lung_c & (score > thr)
+
+    # ---- vessels, bronchi and fissures ----
     hilum_z = carina - 20.0
     hila = [np.array([s * (p["mediastinum_mm"] + 12), spine_y + 45.0, hilum_z]) for s in (-1.0, 1.0)]
-    pts, radii = _vessel_points(rng, p, hila, px / 2)
-    vessels = _splat_vessels(pts, radii, to_index, shape, px, dz) * lung_space
-    lung_hu = lung_hu * (1 - vessels) + p["vessel_hu"] * vessels
-    lung_mask = lung_frac > 0.5
+    pts, radii, dirs = _vessel_tree(rng, p["vessel_root_mm"], hila, px / 2)
+    vessels = _splat(pts, radii, to_crop, cshape, px, dz) * space_c
+    vessel_hu = 0.8 * p["contrast_hu"] if p["contrast"] else p["vessel_hu"]
+    lung_hu = lung_hu * (1 - vessels) + vessel_hu * vessels
+    # bronchi beside the arteries (radius >= 1.2 mm): air lumen, soft-tissue wall
+    big = radii >= 1.2
+    side = np.cross(dirs[big], np.array([0.0, 0.0, 1.0]))
+    side /= np.linalg.norm(side, axis=1, keepdims=True) + 1e-6
+    rb = 0.85 * radii[big]
+    wall_mm = 0.25 * rb + 0.3
+    centre = pts[big] + side * (radii[big] + rb + wall_mm)[:, None]
+    lumen = _splat(centre, rb, to_crop, cshape, px, dz, (2.0,)) * space_c
+    outer = _splat(centre, rb + wall_mm, to_crop, cshape, px, dz, (2.0,)) * space_c
+    bwall = np.clip(outer - lumen, 0, 1)
+    lung_hu = lung_hu * (1 - lumen) + AIR_HU * lumen
+    lung_hu = lung_hu * (1 - bwall) + 20.0 * bwall
 
-    # opacities: thresholded smooth noise plus a peripheral / posterior / basal prior
-    lesion_mask = np.zeros(shape, bool)
-    if lesion["target_fraction"] > 0:
-        lrng = np.random.default_rng(texture_seq)
-        noise = 0.8 * smooth_field(lrng, shape, lesion["scale_mm"], spacing)
-        noise += 0.35 * smooth_field(lrng, shape, 5.0, spacing)
-        prior = (
-            lesion["peripheral_weight"] * np.exp(-np.maximum(cavity_depth, 0) / 25.0)
-            + lesion["posterior_weight"] * (-y / b)[..., None]
-            + lesion["basal_weight"] * basal
-            + lesion["left_right_bias"] * np.sign(x)[..., None]
-        )
-        score = noise + prior
-        thr = np.quantile(score[lung_mask], 1 - lesion["target_fraction"])
-        faint, core = np.quantile(
-            score[lung_mask & (score > thr)], [lesion["faint_share"], 1 - lesion["consolidation_share"]]
-        )
-        edge = np.clip((score - thr) / 0.25 + 0.5, 0, 1)
-        # density rises from faint ground glass (lung + faint_hu) at the margin to ggo_hu inside
-        rise = np.clip((score - faint) / 0.2, 0, 1)
-        ggo_hu = lesion["faint_hu"] + (lesion["ggo_hu"] - p["lung_hu"] - lesion["faint_hu"]) * rise
-        ggo = lung_hu + ggo_hu * (1 - vessels)
-        opacity = np.where(score > core, lesion["consolidation_hu"] + 15 * lung_tex, ggo)
-        bronchogram = (vessels > 0.3) & (vessels < 0.8) & (score > core)
-        opacity = np.where(bronchogram, -900.0, opacity)
-        lung_hu = lung_hu + (opacity - lung_hu) * edge
-        lesion_mask = lung_mask & (score > thr)
+    # fissures: thin pleural sheets, broadened by partial volume in thick slices
+    tilt = p["fissure_tilt"]
+    zf = hilum_z + 35.0
+    for sgn, plane in ((-1.0, "oblique"), (1.0, "oblique"), (-1.0, "horizontal")):
+        if plane == "oblique":
+            n_y, n_z = tilt, 1.0  # z falls anteriorly: z - zf + tilt * (y - spine_y - 45) = 0
+            d = (z - zf + tilt * (yc - spine_y - 45.0 + 0.7 * (np.abs(xc) - hila[1][0]))) / np.hypot(n_y, n_z)
+        else:
+            n_y, n_z = 0.15, 1.0
+            d = (z - hilum_z + 0.15 * (yc - spine_y - 45.0)) / np.hypot(n_y, n_z)
+            d = np.where(yc > spine_y + 45.0, d, 1e3)
+        nz_ = n_z / np.hypot(n_y, n_z)
+        sig = max(0.35 * nz_ * dz, 0.5 * px * n_y / np.hypot(n_y, n_z), 0.5)
+        peak = min(0.6 / (2.5 * sig), 0.3)
+        sheet = peak * np.exp(-0.5 * (d / sig) ** 2) * (sgn * xc > 0)
+        lung_hu = lung_hu + sheet * (0.0 - lung_hu) * (1 - vessels)
 
-    hu = np.where(lung_frac > 0, lung_frac * lung_hu + (1 - lung_frac) * hu, hu)
+    # ---- solid mimics: nodules, a mass, scars, plate atelectasis (never in the lesion mask) ----
+    solid_hu = np.float32(rng.uniform(-60.0, 40.0))
+    strands, strand_r = [], []
+    if p["mimic_scar"] and len(lung_idx):
+        for c in lung_xyz[pick(None, int(rng.integers(1, 4)))]:
+            direction = rng.normal(size=3) * np.array([1.0, 1.0, 0.3])
+            direction /= np.linalg.norm(direction)
+            t = np.arange(0.0, rng.uniform(20.0, 60.0), px / 2)
+            strands.append(c + t[:, None] * direction + rng.normal(0, 1.0, (len(t), 3)).cumsum(0) * 0.3)
+            strand_r.append(np.full(len(t), rng.uniform(0.6, 1.3)))
+    if p["mimic_atelectasis"] and len(lung_idx):
+        low = np.clip(1 - rel_z * 3, 0, 1) * (lung_xyz[:, 1] < 0.2 * b)
+        for c in lung_xyz[pick(low + 1e-9, int(rng.integers(1, 3)))]:
+            ang = rng.uniform(-0.6, 0.6) + (0.0 if rng.random() < 0.5 else np.pi)
+            along = np.arange(0.0, rng.uniform(25.0, 60.0), px / 2)
+            ups = np.arange(0.0, rng.uniform(8.0, 20.0), dz / 2)
+            s, t = np.meshgrid(along, ups, indexing="ij")
+            plate = np.stack([np.cos(ang) * s, np.sin(ang) * s, t], -1).reshape(-1, 3) + c
+            strands.append(plate)
+            strand_r.append(np.full(len(plate), rng.uniform(1.0, 2.0)))
+    solid = np.zeros(cshape, np.float32)
+    if strands:
+        solid = _splat(np.concatenate(strands), np.concatenate(strand_r), to_crop, cshape, px, dz, (1.5,)) * space_c
+        lung_hu = lung_hu * (1 - solid) + solid * (solid_hu + 10 * lung_tex)
+    nodules = []
+    if p["mimic_nodule"]:
+        nodules += [(rng.uniform(2.5, 15.0), rng.uniform(0.0, 50.0)) for _ in range(int(rng.integers(1, 4)))]
+    if p["mimic_mass"]:
+        nodules.append((rng.uniform(15.0, 30.0), rng.uniform(20.0, 50.0)))
+    for radius, nod_hu in nodules:
+        if not len(lung_idx):
+            break
+        ci, cj, ck = lung_idx[pick()[0]]
+        lob = rng.uniform(0.0, 0.15, 3)
+        phase = rng.uniform(0, 2 * np.pi, 3)
+        ri, rk = int(radius / px) + 3, int(radius / dz) + 2
+        si = slice(max(ci - ri, 0), min(ci + ri + 1, cshape[0]))
+        sj = slice(max(cj - ri, 0), min(cj + ri + 1, cshape[1]))
+        sk = slice(max(ck - rk, 0), min(ck + rk + 1, nz))
+        dx_ = (np.arange(si.start, si.stop) - ci)[:, None, None] * px
+        dy_ = (np.arange(sj.start, sj.stop) - cj)[None, :, None] * px
+        ang = np.arctan2(dy_, dx_)
+        r_eff = radius * (1 + lob[0] * np.cos(2 * ang + phase[0]) + lob[1] * np.cos(3 * ang + phase[1]))
+        amt = 0.0
+        for sub in (-1 / 3, 0.0, 1 / 3):
+            dz_ = ((np.arange(sk.start, sk.stop) - ck + sub) * dz)[None, None, :]
+            dist = np.sqrt(dx_**2 + dy_**2 + dz_**2)
+            amt = amt + np.clip((r_eff - dist) / px + 0.5, 0, 1) / 3
+        blk = (si, sj, sk)
+        amt = (amt * space_c[blk]).astype(np.float32)
+        lung_hu[blk] = lung_hu[blk] * (1 - amt) + amt * (nod_hu + 10 * lung_tex[blk])
+        solid[blk] = np.maximum(solid[blk], amt)
+    lesion_mask_c &= solid < 0.5
+
+    crop = hu[box]
+    hu[box] = np.where(frac_c > 0, frac_c * lung_hu + (1 - frac_c) * crop, crop)
+
+    # ---- artefacts: cardiac motion, streaks (nuisance stream) ----
+    if p["mimic_motion"]:
+        ks = (zz > base) & (zz < heart_c[2] + 0.5 * hs[2])
+        near = (((x - heart_c[0]) / (1.5 * hs[0])) ** 2 + ((y - heart_c[1]) / (1.5 * hs[1])) ** 2) < 1
+        shift = int(round(rng.uniform(3.0, 8.0) / px)) * (1 if rng.random() < 0.5 else -1)
+        region = near[..., None] & ks
+        ghost = np.roll(hu, shift, axis=1)
+        hu = np.where(region, 0.6 * hu + 0.4 * ghost, hu)
+    if p["mimic_streaks"]:
+        if rng.random() < 1 / 3:  # a metal bead on the skin: radial streaks on its slices
+            ang = rng.uniform(0, 2 * np.pi)
+            mx, my = (a + 2) * np.cos(ang), (b + 2) * np.sin(ang) * (1 if np.sin(ang) > 0 else 0.9)
+            wx = cr * mx - sr * my + p["shift_x_mm"]
+            wy = sr * mx + cr * my + p["shift_y_mm"]
+            k0 = int(rng.integers(0, nz))
+            n_l = 14
+            amps = rng.uniform(60.0, 200.0, n_l) * np.where(np.arange(n_l) % 2, 1, -1)
+            art = _lines(gx, gy, wx, wy, rng.uniform(0, np.pi, n_l), amps, 1.0 * px, 150.0)
+            bead = ((gx - wx) ** 2 + (gy - wy) ** 2) < rng.uniform(2.0, 4.0) ** 2
+            for k in range(max(k0 - 1, 0), min(k0 + 2, nz)):
+                hu[..., k] += art * (1.0 if k == k0 else 0.4)
+                hu[..., k] = np.where(bead, 2500.0, hu[..., k])
+        else:  # shoulders / arms: dark bands and streaks between the humeri, upper slices (all if arms down)
+            top = (zz > apex - rng.uniform(40.0, 90.0)) | p["arms_down"]
+            hx = arm_x if p["arms_down"] else a + 15.0
+            n_l = 8
+            amps = rng.uniform(30.0, 90.0, n_l) * np.where(np.arange(n_l) % 3, -1, 1)
+            angs = rng.normal(0, 0.08, n_l)
+            wy = sr * hx + cr * arm_y + p["shift_y_mm"]
+            art = _lines(gx, gy, p["shift_x_mm"], wy, angs, amps, rng.uniform(2.0, 6.0), 400.0)
+            hu[..., top] += art[..., None]
 
     # reconstruction kernel at the working grid, then upsample and add kernel-shaped noise
     # widths in pixels of a 512 matrix, converted to working pixels
@@ -548,6 +887,11 @@ def generate_study(
     image = np.clip(np.rint(hu), HU_MIN, HU_MAX).astype(np.int16)
     image[outside] = p["padding_hu"]
 
+    lung_mask = np.zeros(shape, bool)
+    lung_mask[box] = lung_c
+    lesion_mask = np.zeros(shape, bool)
+    lesion_mask[box] = lesion_mask_c
+
     def to_full(m: np.ndarray) -> np.ndarray:
         m = np.repeat(np.repeat(m, factor, 0), factor, 1)
         m[outside] = False
@@ -565,5 +909,6 @@ def generate_study(
         image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
         affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
+    params["mimics"] = mimics_of(p)
     params["lung_voxels"] = int(lung_full.sum())
     return SyntheticStudy(image=image, mask=mask, affine=affine, lesion_fraction=fraction, params=params)
