@@ -32,7 +32,22 @@ __all__ = ["SyntheticStudy", "generate_cohort", "generate_study", "write_montage
 MANIFEST = "dataset_registry.csv"
 #: Written first into every cohort folder; its presence lets a later run overwrite the folder.
 MARKER = "synth_cohort.json"
-MANIFEST_PARAMS = ("scanner", "kernel", "noise_hu", "padding_hu", "fov_mm", "body_a", "lung_hu", "target_fraction")
+MANIFEST_PARAMS = (
+    "scanner",
+    "kernel",
+    "noise_hu",
+    "padding_hu",
+    "fov_mm",
+    "body_a",
+    "lung_hu",
+    "inspiration",
+    "arms_down",
+    "breasts",
+    "couch",
+    "contrast",
+    "mimics",
+    "target_fraction",
+)
 FIELDS = (
     "study_id",
     "category",

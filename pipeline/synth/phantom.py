@@ -129,7 +129,9 @@ class SyntheticStudy:
         affine: 4x4 voxel-to-world (RAS mm) matrix; axis codes those of the scanner profile,
             ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``.
         lesion_fraction: lesion voxels / lung voxels, measured on ``mask``.
-        params: every drawn parameter (patient, scanner, lesions), JSON-serialisable.
+        params: every drawn parameter (patient, scanner, mimics, lesions), JSON-serialisable.
+        mimic_mask: bool, same shape: the solid mimics (nodules, mass, scars, plate atelectasis),
+            never part of ``mask``; not written to disk.
     """
 
     image: np.ndarray
@@ -137,6 +139,7 @@ class SyntheticStudy:
     affine: np.ndarray
     lesion_fraction: float
     params: dict[str, Any] = field(default_factory=dict)
+    mimic_mask: np.ndarray | None = None
 
 
 def check_matrix(matrix: int) -> int:
@@ -607,7 +610,7 @@ def generate_study(
     lung_frac = lung_space * above
 
     med_tex = smooth_field(rng, shape, 6.0, spacing)
-    soft = np.where(med_tex > 0.4, p["fat_hu"], p["muscle_hu"] - 5)
+    soft = np.where(med_tex > 1.0, p["fat_hu"], p["muscle_hu"] - 5)
     abdomen = np.where(x[..., None] < 25, p["liver_hu"], np.where(med_tex > 0.6, p["fat_hu"], 40.0))
     inside = np.where(z < dome, abdomen, soft)
     blood = p["contrast_hu"] if p["contrast"] else 42.0
@@ -891,6 +894,8 @@ def generate_study(
     lung_mask[box] = lung_c
     lesion_mask = np.zeros(shape, bool)
     lesion_mask[box] = lesion_mask_c
+    mimic_mask = np.zeros(shape, bool)
+    mimic_mask[box] = solid >= 0.5
 
     def to_full(m: np.ndarray) -> np.ndarray:
         m = np.repeat(np.repeat(m, factor, 0), factor, 1)
@@ -899,6 +904,7 @@ def generate_study(
 
     lung_full = to_full(lung_mask)
     mask = to_full(lesion_mask).astype(np.uint8)
+    mimic_full = to_full(mimic_mask)
     fraction = float(mask.sum() / max(lung_full.sum(), 1))
 
     half = (matrix - 1) / 2 * p["pixel_mm"]
@@ -907,8 +913,11 @@ def generate_study(
     if profile.orientation == "RAS":
         # same voxels in the world, stored from patient right to left
         image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
+        mimic_full = np.ascontiguousarray(mimic_full[::-1])
         affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
     params["mimics"] = mimics_of(p)
     params["lung_voxels"] = int(lung_full.sum())
-    return SyntheticStudy(image=image, mask=mask, affine=affine, lesion_fraction=fraction, params=params)
+    return SyntheticStudy(
+        image=image, mask=mask, affine=affine, lesion_fraction=fraction, params=params, mimic_mask=mimic_full
+    )
