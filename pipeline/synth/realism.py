@@ -89,6 +89,10 @@ ANALYSIS_PIXEL_MM = 1.5
 #: lung slices (evenly spread) it looks at.
 VESSEL_PIXEL_MM = 0.75
 VESSEL_SLICES = 24
+#: Slices (evenly spread) on which noise is measured.
+NOISE_SLICES = 24
+#: Lung slices (evenly spread) from which texture patches are drawn.
+TEXTURE_SLICES = 32
 #: Lung wall eroded before the vessel and density steps (mm).
 WALL_MM = 3.0
 #: Radius (mm) of the disk whose opening keeps "thick" dense structures; thinner ones are vessels.
@@ -108,7 +112,7 @@ SLOPE_BAND = (0.04, 0.32)
 PSD_FREQS = np.geomspace(0.035, 0.33, 16)
 NOISE_WINDOW = 5
 NOISE_TISSUE_HU = (-200.0, 200.0)
-CALIBRE_EDGES = np.arange(0.0, 12.01, 0.75)
+CALIBRE_EDGES = np.arange(0.0, 12.01, 1.5)
 MIN_SLICE_LUNG_MM2 = 500.0
 #: Radius (mm) of the opening that parts the body from the table before the body is measured.
 TABLE_MM = 6.0
@@ -286,27 +290,27 @@ def _mode(values: np.ndarray, bin_hu: float = 0.5) -> float:
     return float((edges[k] + edges[k + 1]) / 2)
 
 
-def noise_level(
-    volume: np.ndarray, body: np.ndarray | None = None, exclude: np.ndarray | None = None, max_slices: int = 24
-) -> float:
+def _spread(n: int, k: int) -> np.ndarray:
+    """At most ``k`` indices spread evenly over ``range(n)``."""
+    return np.unique(np.linspace(0, n - 1, min(k, n)).round().astype(int))
+
+
+def noise_level(volume: np.ndarray, body: np.ndarray | None = None, exclude: np.ndarray | None = None) -> float:
     """Global noise level of an (X, Y, Z) HU volume: the mode of the 5x5 in-plane local SD over voxels
-    in -200..200 HU whose whole window lies in that range, inside ``body`` and outside ``exclude``."""
-    idx = np.unique(np.linspace(0, volume.shape[2] - 1, min(max_slices, volume.shape[2])).round().astype(int))
-    v = volume[..., idx]
-    tissue = (v >= NOISE_TISSUE_HU[0]) & (v <= NOISE_TISSUE_HU[1])
+    in -200..200 HU (eroded by one pixel), inside ``body`` (default: everywhere) and outside ``exclude``."""
+    tissue = (volume >= NOISE_TISSUE_HU[0]) & (volume <= NOISE_TISSUE_HU[1])
     tissue = ndimage.binary_erosion(tissue, np.ones((3, 3, 1), bool))
     if body is not None:
-        tissue &= body[..., idx]
+        tissue &= body
     if exclude is not None:
-        tissue &= ~exclude[..., idx]
-    return _mode(_local_sd(v)[tissue])
+        tissue &= ~exclude
+    return _mode(_local_sd(volume)[tissue])
 
 
-def _air_noise(volume: np.ndarray, body: np.ndarray, pixel_mm: float, max_slices: int = 24) -> float:
-    idx = np.unique(np.linspace(0, volume.shape[2] - 1, min(max_slices, volume.shape[2])).round().astype(int))
-    v = volume[..., idx]
-    grow = max(1, round(10.0 / pixel_mm))
-    near = ndimage.binary_dilation(body[..., idx], np.ones((3, 3, 1), bool), iterations=grow)
+def _air_noise(volume: np.ndarray, body: np.ndarray, pixel_mm: float) -> float:
+    """Median 5x5 local SD in air (-1500..-800 HU) at least 10 mm from the body, constant padding left out."""
+    v = volume
+    near = _edt_2d(~body, pixel_mm) <= 10.0
     air = (v > -1500) & (v < -800) & ~near
     air = ndimage.binary_erosion(air, np.ones((NOISE_WINDOW, NOISE_WINDOW, 1), bool))
     sd = _local_sd(v)[air]
@@ -350,8 +354,9 @@ def band_rms(freqs: np.ndarray, psd: np.ndarray, band: tuple[float, float], pixe
     return float(math.sqrt(np.sum(psd[sel] * 2 * math.pi * freqs[sel] * df)))
 
 
-def _psd_slope(freqs: np.ndarray, psd: np.ndarray) -> float:
-    sel = (freqs >= SLOPE_BAND[0]) & (freqs <= SLOPE_BAND[1]) & (psd > 0)
+def _psd_slope(freqs: np.ndarray, psd: np.ndarray, fmax: float = np.inf) -> float:
+    """Least-squares slope of log10 PSD on log10 frequency over :data:`SLOPE_BAND`, up to ``fmax``."""
+    sel = (freqs >= SLOPE_BAND[0]) & (freqs <= min(SLOPE_BAND[1], fmax)) & (psd > 0)
     if sel.sum() < 3:
         return float("nan")
     return float(np.polyfit(np.log10(freqs[sel]), np.log10(psd[sel]), 1)[0])
@@ -387,7 +392,9 @@ def lung_patches(volume: np.ndarray, lung: np.ndarray, pixel_mm: float, seed: in
 def texture_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[float]) -> dict:
     """Texture bands, spectral slope and the spectrum at :data:`PSD_FREQS` of the lung parenchyma."""
     pixel = float(np.sqrt(spacing[0] * spacing[1]))
-    patches = lung_patches(volume, lung, pixel)
+    zs = np.nonzero(lung.any(axis=(0, 1)))[0]
+    zs = zs[_spread(zs.size, TEXTURE_SLICES)] if zs.size else zs
+    patches = lung_patches(volume[..., zs], lung[..., zs], pixel)
     out: dict = {"n_patches": len(patches), "patch_px": int(patches.shape[-1])}
     if len(patches) < 4:
         out.update({k: float("nan") for k in (*_BAND_KEYS, "psd_slope")})
@@ -396,7 +403,7 @@ def texture_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[floa
     freqs, psd = power_spectrum(patches, pixel)
     for key, band in zip(_BAND_KEYS, TEXTURE_BANDS, strict=True):
         out[key] = band_rms(freqs, psd, band, pixel, patches.shape[-1])
-    out["psd_slope"] = _psd_slope(freqs, psd)
+    out["psd_slope"] = _psd_slope(freqs, psd, fmax=0.9 * 0.5 / pixel)
     logpsd = np.interp(np.log(PSD_FREQS), np.log(freqs), np.log10(psd), left=np.nan, right=np.nan)
     out["psd"] = [None if not np.isfinite(v) else round(float(v), 4) for v in logpsd]
     return out
@@ -415,15 +422,21 @@ def _split_lr(lung: np.ndarray) -> float:
     return float(left / right) if right > 0 else float("nan")
 
 
+def _edt_2d(mask: np.ndarray, sampling: float = 1.0) -> np.ndarray:
+    """In-plane Euclidean distance transform of every axial slice (distance to the nearest False pixel)."""
+    out = np.zeros(mask.shape, np.float32)
+    for k in range(mask.shape[2]):
+        if mask[..., k].any():
+            out[..., k] = ndimage.distance_transform_edt(mask[..., k], sampling=sampling)
+    return out
+
+
 def _opening_2d(mask: np.ndarray, radius_px: float) -> np.ndarray:
     """Binary opening of every axial slice by a disk of ``radius_px``, through distance transforms."""
-    if not mask.any():
-        return mask.copy()
-    flat = (1.0, 1.0, 1e6)  # z far away: each slice on its own
-    core = ndimage.distance_transform_edt(mask, sampling=flat) > radius_px
+    core = _edt_2d(mask) > radius_px
     if not core.any():
         return np.zeros_like(mask)
-    return (ndimage.distance_transform_edt(~core, sampling=flat) <= radius_px) & mask
+    return (_edt_2d(~core) <= radius_px) & mask
 
 
 def _torso(body: np.ndarray, pixel_mm: float) -> np.ndarray:
@@ -436,6 +449,21 @@ def _torso(body: np.ndarray, pixel_mm: float) -> np.ndarray:
         if n:
             out[..., k] = labels == (np.argmax(np.bincount(labels.ravel())[1:]) + 1)
     return out
+
+
+def _vessel_calibre(vessels: np.ndarray) -> np.ndarray:
+    """Calibre (pixels) at every vessel pixel: that of its nearest centreline pixel, where the centreline is
+    the local maxima of the in-plane distance transform ``d`` and the calibre there is ``2 d - 1``."""
+    out = []
+    for k in range(vessels.shape[2]):
+        ves = vessels[..., k]
+        if not ves.any():
+            continue
+        edt = ndimage.distance_transform_edt(ves)
+        centre = ves & (edt >= ndimage.maximum_filter(edt, size=3))
+        _, (ix, iy) = ndimage.distance_transform_edt(~centre, return_indices=True)
+        out.append(2.0 * edt[ix[ves], iy[ves]] - 1.0)
+    return np.concatenate(out)
 
 
 def vessel_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[float]) -> dict:
@@ -452,7 +480,7 @@ def vessel_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[float
     px = VESSEL_PIXEL_MM
     v, _ = _inplane_resample(volume[box], spacing, px)
     lg, _ = _inplane_resample(lung[box].astype(np.float32), spacing, px)
-    inner = ndimage.distance_transform_edt(_fill_slices(lg >= 0.5), sampling=(px, px, 1e6)) > WALL_MM
+    inner = _edt_2d(_fill_slices(lg >= 0.5), px) > WALL_MM
     n_inner = int(inner.sum())
     if n_inner == 0:
         return out
@@ -462,9 +490,7 @@ def vessel_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[float
     out["dense_pct"] = 100.0 * thick.sum() / n_inner
     out["vessel_pct"] = 100.0 * vessels.sum() / n_inner
     if vessels.any():
-        edt = ndimage.distance_transform_edt(vessels, sampling=(1.0, 1.0, 1e6))
-        centre = vessels & (edt >= ndimage.maximum_filter(edt, size=(3, 3, 1)))
-        calibre = (2.0 * edt[centre] - 1.0) * px
+        calibre = _vessel_calibre(vessels) * px
         out["calibre_median_mm"] = float(np.median(calibre))
         out["calibre_p90_mm"] = float(np.percentile(calibre, 90))
         hist, _ = np.histogram(np.clip(calibre, 0, CALIBRE_EDGES[-1] - 1e-3), bins=CALIBRE_EDGES)
@@ -479,17 +505,13 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
     :data:`FIGURES` (NaN where not measurable) plus ``lung_hist`` (density per 10 HU bin of
     :data:`HIST_EDGES`), ``calibre_hist``, ``psd`` (log10 PSD at :data:`PSD_FREQS`) and bookkeeping.
     """
-    from pipeline.transforms.plausibility import aerated_fraction, body_mask
+    from pipeline.transforms.plausibility import AERATED_MAX_HU, body_mask
 
     spacing = tuple(float(s) for s in spacing)
     lungmod = _lung_module()
     if lung is None:
         lung = np.asarray(lungmod.lung_mask(volume, spacing), dtype=bool)
-    rec: dict = {
-        "shape": list(volume.shape),
-        "spacing": [round(s, 4) for s in spacing],
-        "aerated_body_fraction": round(aerated_fraction(volume[::2, ::2, :]), 4),
-    }
+    rec: dict = {"shape": list(volume.shape), "spacing": [round(s, 4) for s in spacing]}
     nan = float("nan")
     rec["lung_volume_ml"] = float(lungmod.lung_volume_ml(lung, spacing))
     values = volume[lung]
@@ -504,9 +526,11 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
 
     # native-resolution steps: texture and noise
     rec.update(texture_figures(volume, lung, spacing))
-    body_native = body_mask(volume)
-    rec["noise_hu"] = noise_level(volume, body_native, lung)
-    rec["noise_air_hu"] = _air_noise(volume, body_native, float(np.sqrt(spacing[0] * spacing[1])))
+    idx = _spread(volume.shape[2], NOISE_SLICES)
+    sub = np.ascontiguousarray(volume[..., idx])
+    body_sub = body_mask(sub)
+    rec["noise_hu"] = noise_level(sub, body_sub, lung[..., idx])
+    rec["noise_air_hu"] = _air_noise(sub, body_sub, float(np.sqrt(spacing[0] * spacing[1])))
 
     # vessels and density: a finer common grid, on at most VESSEL_SLICES slices, cropped to the lungs
     rec.update(vessel_figures(volume, lung, spacing))
@@ -517,8 +541,9 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
     lung_s, _ = _inplane_resample(lung.astype(np.float32), spacing, px)
     lung_s = lung_s >= 0.5
     body = body_mask(small)
-    rec["noise_hu_1p5mm"] = noise_level(small, body, lung_s)
-    torso = _torso(body, px)
+    rec["aerated_body_fraction"] = float((body & (small < AERATED_MAX_HU)).sum() / max(1, body.sum()))
+    idx = _spread(small.shape[2], NOISE_SLICES)
+    rec["noise_hu_1p5mm"] = noise_level(small[..., idx], body[..., idx], lung_s[..., idx])
 
     # shape
     area = lung_s.sum(axis=(0, 1)) * px * px
@@ -528,7 +553,8 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
         rec["lung_height_mm"] = float((zs[-1] - zs[0] + 1) * sp[2])
         mid = zs[0] + (zs[-1] - zs[0]) // 4, zs[-1] - (zs[-1] - zs[0]) // 4
         ratios, cropped = [], False
-        for k in range(mid[0], mid[1] + 1):
+        torso = _torso(body[..., mid[0] : mid[1] + 1], px)
+        for k in range(torso.shape[2]):
             b = torso[..., k]
             if not b.any():
                 continue
@@ -669,8 +695,9 @@ def _mean_curve(recs: Sequence[dict], key: str) -> np.ndarray | None:
 
 
 def plot(records: Sequence[dict], groups: Sequence[str], title: str = "") -> bytes:
-    """PNG bytes: a strip plot (median bar) per figure per group, the lung HU histograms, calibre
-    distributions and parenchymal spectra overlaid per group."""
+    """PNG bytes: a strip plot (dots per scan, bar at the median) per figure and group, real groups left of
+    the dotted line; below, per group (median over its scans), the lung HU histograms, the vessel calibre
+    distributions and the parenchymal spectra overlaid (real solid, synthetic dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -678,52 +705,60 @@ def plot(records: Sequence[dict], groups: Sequence[str], title: str = "") -> byt
 
     colours = _colours(groups)
     keys = list(FIGURES)
-    ncols = 5
-    nrows = math.ceil((len(keys) + 3) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.0 * ncols, 3.1 * nrows))
-    axes = axes.ravel()
+    ncols = 6
+    nrows = math.ceil(len(keys) / ncols)
+    fig = plt.figure(figsize=(3.3 * ncols, 2.9 * nrows + 3.6))
+    grid = fig.add_gridspec(nrows + 1, ncols, height_ratios=[1] * nrows + [1.3])
     rng = np.random.default_rng(0)
-    for ax, key in zip(axes, keys, strict=False):
+    n_real = sum(g in REAL_GROUPS for g in groups)
+    for n, key in enumerate(keys):
+        ax = fig.add_subplot(grid[n // ncols, n % ncols])
         for i, g in enumerate(groups):
             vals = _finite([r[key] for r in records if r["group"] == g])
             if vals.size:
-                ax.scatter(i + rng.uniform(-0.18, 0.18, vals.size), vals, s=14, color=colours[g], alpha=0.8, lw=0)
-                ax.hlines(np.median(vals), i - 0.3, i + 0.3, color="k", lw=1.2)
-        ax.set_title(FIGURES[key], fontsize=8.5)
+                ax.scatter(i + rng.uniform(-0.18, 0.18, vals.size), vals, s=13, color=colours[g], alpha=0.85, lw=0)
+                ax.hlines(np.median(vals), i - 0.32, i + 0.32, color="k", lw=1.1)
+        if 0 < n_real < len(groups):
+            ax.axvline(n_real - 0.5, color="k", ls=":", lw=0.8)
+        ax.set_title(FIGURES[key], fontsize=8)
+        ax.set_xlim(-0.6, len(groups) - 0.4)
         ax.set_xticks(range(len(groups)))
-        ax.set_xticklabels(groups, rotation=45, ha="right", fontsize=7)
-        ax.tick_params(axis="y", labelsize=7)
+        ax.set_xticklabels(groups, rotation=50, ha="right", fontsize=6.5)
+        ax.tick_params(axis="y", labelsize=6.5)
         ax.grid(axis="y", alpha=0.3)
-    extra = axes[len(keys) : len(keys) + 3]
+    extra = [fig.add_subplot(grid[nrows, 2 * i : 2 * i + 2]) for i in range(3)]
     centres = (HIST_EDGES[:-1] + HIST_EDGES[1:]) / 2
     for g in groups:
+        if g == REAL_NONCHEST:  # its histogram is all bowel gas; it has its own row in the table
+            continue
         recs = [r for r in records if r["group"] == g]
         style = "-" if g in REAL_GROUPS else "--"
         h = _mean_curve(recs, "lung_hist")
         if h is not None:
-            extra[0].plot(centres, h / 10.0 * 100, style, color=colours[g], lw=1.3, label=g)
+            extra[0].plot(centres, h / 10.0 * 100, style, color=colours[g], lw=1.3, label=f"{g} ({len(recs)})")
         c = _mean_curve(recs, "calibre_hist")
         if c is not None:
             extra[1].plot((CALIBRE_EDGES[:-1] + CALIBRE_EDGES[1:]) / 2, c * 100, style, color=colours[g], lw=1.3)
         p = _mean_curve(recs, "psd")
         if p is not None:
             extra[2].plot(PSD_FREQS, p, style, color=colours[g], lw=1.3)
-    extra[0].set_title("lung HU histogram (median per group)", fontsize=8.5)
-    extra[0].set_xlabel("HU", fontsize=7)
-    extra[0].set_ylabel("% of lung per HU", fontsize=7)
-    extra[0].legend(fontsize=6)
-    extra[1].set_title("vessel calibre at centrelines", fontsize=8.5)
-    extra[1].set_xlabel("calibre (mm)", fontsize=7)
-    extra[1].set_ylabel("% of centreline voxels", fontsize=7)
-    extra[2].set_title("parenchyma PSD (median per group)", fontsize=8.5)
+    extra[0].set_title("lung HU histogram (median per group)", fontsize=9)
+    extra[0].set_xlabel("HU", fontsize=8)
+    extra[0].set_ylabel("% of lung voxels per HU", fontsize=8)
+    extra[0].set_xlim(HIST_EDGES[0], HIST_EDGES[-1])
+    extra[0].legend(fontsize=7, ncols=2)
+    extra[1].set_title("vessel calibre (share of vessel voxels)", fontsize=9)
+    extra[1].set_xlabel("calibre (mm)", fontsize=8)
+    extra[1].set_ylabel("% of vessel voxels", fontsize=8)
+    extra[2].set_title("parenchyma power spectrum (median per group)", fontsize=9)
     extra[2].set_xscale("log")
-    extra[2].set_xlabel("cycles/mm", fontsize=7)
-    extra[2].set_ylabel("log10 PSD (HU^2 mm^2)", fontsize=7)
+    extra[2].set_xticks([0.04, 0.08, 0.16, 0.32], ["0.04", "0.08", "0.16", "0.32"])
+    extra[2].minorticks_off()
+    extra[2].set_xlabel("spatial frequency (cycles/mm)", fontsize=8)
+    extra[2].set_ylabel("log10 PSD (HU^2 mm^2)", fontsize=8)
     for ax in extra:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-    for ax in axes[len(keys) + 3 :]:
-        ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -792,6 +827,20 @@ CREDITS = """Real references (third-party data, read from `../shared/realct`, ne
 """
 
 
+DOC_GUIDE = """How to read it:
+
+- "real normal" is the two Lung-PET-CT-Dx series and the TotalSegmentator CTA crop; "RICORD negative" and
+  "RICORD positive" are 30 mm slabs, so their lung volume and height are those of the slab (the lungs run
+  off the slab: `lung_truncated` in `realism_scans.csv`). Body shape is left out wherever the body touches
+  the edge of the field of view (the CTA crop, some slabs).
+- Vessels, dense structures and body shape are measured on a common in-plane grid (0.75 mm for vessels,
+  1.5 mm for the body), texture bands in cycles/mm at each scan's own pixel size: a band above a scan's
+  Nyquist frequency (pixels over 1.56 mm for the 3-6 mm band) reads `-`.
+- Noise depends on pixel size and kernel: compare "noise, soft tissue (1.5 mm pixel)" across groups;
+  scanners that clip air at -1024 HU read low in "noise, air".
+"""
+
+
 def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | None = None) -> dict:
     """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary."""
     groups = _group_order(records)
@@ -815,12 +864,16 @@ def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | N
     atomic_write_text(out_dir / "realism.md", md)
     atomic_write_bytes(out_dir / "realism.png", png)
     if docs is not None:
+        made = " && \\\n    ".join(c for c in (meta.get("synth_command"), meta["command"]) if c)
         doc = (
             "# How real is the synthetic phantom?\n\n"
-            f"Made on {meta['date']} by\n\n    {meta['command']}\n\n"
-            "(`pipeline/synth/realism.py`; its docstring defines every figure). Every scan goes through the same\n"
-            "lung mask, `pipeline.transforms.lung.lung_mask`. Median (min to max) per group; `-` where not\n"
-            f"measurable. {meta['note']}\n\n{table}\n![realism](images/realism.png)\n\n{CREDITS}"
+            f"Made on {meta['date']} (code at {meta.get('git', 'unknown')}) by one shell command, which also "
+            f"regenerates this page and its figure:\n\n    {made}\n\n"
+            "`python -m pipeline realism` (`pipeline/synth/realism.py`, whose docstring defines every figure)\n"
+            "measures the same figures on every scan, real or synthetic, inside the same lung mask\n"
+            "(`pipeline.transforms.lung.lung_mask`). Each cell is the median (min to max) over the group's scans;\n"
+            f"`-` where not measurable. {meta['note']}\n\n{DOC_GUIDE}\n{table}\n![realism](images/realism.png)\n\n"
+            f"{CREDITS}"
         )
         atomic_write_text(docs / "realism.md", doc)
         atomic_write_bytes(docs / "images" / "realism.png", png)
@@ -837,6 +890,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--docs", metavar="DOCS_DIR", help="also write DOCS_DIR/realism.md and DOCS_DIR/images/realism.png"
     )
     parser.add_argument("--quiet", action="store_true", help="no per-scan progress lines")
+
+
+def _synth_command(cohort: Path) -> str | None:
+    """The ``python -m pipeline synth`` command that made ``cohort``, from its marker file, if it has one."""
+    from pipeline.synth.generate import MARKER
+
+    try:
+        settings = json.loads((cohort / MARKER).read_text(encoding="utf-8"))
+        parts = [
+            "python -m pipeline synth",
+            shlex.quote(str(cohort)),
+            f"--per-category {int(settings['per_category'])}",
+            f"--categories {','.join(settings['categories'])}",
+            f"--matrix {int(settings['matrix'])}",
+            f"--seed {int(settings['seed'])}",
+            f"--scanner {settings.get('scanner', 'mosmed')}",
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return " ".join(parts)
+
+
+def _git_revision() -> str:
+    """``git describe --always --dirty`` of the code, or ``"unknown"``."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return proc.stdout.strip() or "unknown"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -866,7 +956,9 @@ def run(args: argparse.Namespace) -> int:
     )
     meta = {
         "date": datetime.date.today().isoformat(),
+        "git": _git_revision(),
         "command": command,
+        "synth_command": _synth_command(Path(args.cohort)),
         "cohort": str(args.cohort),
         "real_dir": str(args.real_dir),
         "note": note,
