@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import REALCT, TINY, run_bundle
+from conftest import TINY, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_evaluate_on_a_cohort(trained_bundle, tiny_cohort, tmp_path):
     assert "metrics.json" in proc.stdout
 
 
-def test_infer_on_nifti_folder_and_real_dicom(trained_bundle, tiny_cohort, tmp_path):
+def test_infer_on_nifti_folder_and_real_dicom(real_series, trained_bundle, tiny_cohort, tmp_path):
     inference = str(trained_bundle / "configs" / "inference.json")
     proc = run_bundle(
         "run",
@@ -66,7 +66,7 @@ def test_infer_on_nifti_folder_and_real_dicom(trained_bundle, tiny_cohort, tmp_p
     assert len(rows) == 8
     first = rows[0]
     assert f"{first['study_id']}: {100 * first['prob_normal']:.1f} % normal" in proc.stdout
-    dicom = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
+    dicom = real_series
     run_bundle(
         "run",
         "--config_file",

@@ -7,12 +7,13 @@ import importlib.metadata
 import json
 import re
 import shutil
+from pathlib import Path
 
 import monai
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, REALCT, TESTING_DATA, run_bundle
+from conftest import BUNDLE, TESTING_DATA, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
 
 CONFIGS = BUNDLE / "configs"
@@ -132,17 +133,17 @@ def test_every_bundle_file_is_under_25_mb() -> None:
     assert not too_big
 
 
-def preprocessed_real_ct(spatial_size: list[int]) -> torch.Tensor:
-    """The real DICOM chest series through the bundle's inference preprocessing: ``(1, 1, *spatial_size)``."""
+def preprocessed_real_ct(series: Path, spatial_size: list[int]) -> torch.Tensor:
+    """The real DICOM chest ``series`` through the bundle's inference preprocessing: ``(1, 1, *spatial_size)``."""
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
     parser["spatial_size"] = spatial_size
-    item = parser.get_parsed_content("preprocessing")({"image": str(REALCT / "Lung_Dx-A0002_thorax_8mm_128")})
+    item = parser.get_parsed_content("preprocessing")({"image": str(series)})
     return item["image"].as_tensor()[None]
 
 
 @pytest.mark.slow
-def test_exported_models_give_the_checkpoint_probabilities(trained_bundle, tmp_path) -> None:
+def test_exported_models_give_the_checkpoint_probabilities(real_series, trained_bundle, tmp_path) -> None:
     import onnxruntime
 
     configs = trained_bundle / "configs"
@@ -162,7 +163,7 @@ def test_exported_models_give_the_checkpoint_probabilities(trained_bundle, tmp_p
     parser.read_config(str(configs / "inference.json"))
     network = parser.get_parsed_content("network_def").eval()
     network.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    image = preprocessed_real_ct(spatial_size)
+    image = preprocessed_real_ct(real_series, spatial_size)
     with torch.no_grad():
         expected = torch.softmax(network(image), dim=1)
 

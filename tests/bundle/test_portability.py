@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REALCT, TINY, run_bundle
+from conftest import TINY, run_bundle
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def monai_only_python(venv: Path) -> Path:
     return python
 
 
-def test_torchscript_model_infers_with_monai_alone(trained_bundle, tmp_path) -> None:
+def test_torchscript_model_infers_with_monai_alone(real_chest_crop, trained_bundle, tmp_path) -> None:
     bundle = copy_bundle_alone(trained_bundle, tmp_path / "elsewhere")
     run_bundle(
         "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
@@ -73,7 +73,7 @@ def test_torchscript_model_infers_with_monai_alone(trained_bundle, tmp_path) -> 
     )  # fmt: skip
     scans = tmp_path / "scans"  # a folder of NIfTI files: a real chest CT (the DICOM reader is the package's)
     scans.mkdir()
-    shutil.copy(REALCT / "chest_cta_4slices.nii.gz", scans)
+    shutil.copy(real_chest_crop, scans)
     run_bundle(
         "run", "--config_file", "configs/inference.json", "--dataset_dir", str(scans),
         "--output_dir", str(tmp_path / "checkpoint"), *SPATIAL, cwd=bundle,

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -23,29 +22,19 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from conftest import BUNDLE, REALCT, TINY, run_bundle, write_nifti
+from conftest import BUNDLE, TINY, chest, infer, refused, run_bundle, write_nifti
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 
 from pipeline.data.cohort import discover
 from pipeline.data.imagecheck import check_image, check_images
-from pipeline.networks.nets import build_network
 from pipeline.synth.generate import generate_cohort
-from pipeline.synth.phantom import generate_study
 from pipeline.utils.errors import InputError, InputErrors
 from pipeline.utils.guard import CheckedCacheDataset, find_input_error, install
 
-SERIES = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
-ABDOMEN = REALCT / "abdomen_ct_small.nii.gz"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-def chest(seed: int = 0, category: str = "CT-0") -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic chest CT (int16 HU, 64 matrix) that the plausibility check accepts, and its affine."""
-    study = generate_study(category, seed, matrix=64)
-    return study.image.astype(np.int16), study.affine
 
 
 def _copy_dicom(dest: Path, files: list[Path], new_series: bool = False) -> Path:
@@ -59,8 +48,8 @@ def _copy_dicom(dest: Path, files: list[Path], new_series: bool = False) -> Path
     return dest
 
 
-def write_header_corpus(folder: Path) -> dict[str, str]:
-    """Files whose headers (or bytes) are wrong, in ``folder``; returns name -> expected problem."""
+def write_header_corpus(folder: Path, series: Path) -> dict[str, str]:
+    """Files whose headers (or bytes) are wrong, in ``folder`` (DICOM ones from ``series``); returns name -> problem."""
     folder.mkdir(parents=True, exist_ok=True)
     good = write_nifti(folder / "good_source.nii.gz", np.zeros((16, 16, 8), np.int16)).read_bytes()
     (folder / "good_source.nii.gz").unlink()
@@ -76,9 +65,9 @@ def write_header_corpus(folder: Path) -> dict[str, str]:
     header["vox_offset"] = 352
     (folder / "enormous.nii.gz").write_bytes(gzip.compress(header.binaryblock + bytes(4) + bytes(64)))
     (folder / "broken_link.nii.gz").symlink_to(folder / "gone.nii.gz")
-    _copy_dicom(folder / "two_series", sorted(SERIES.glob("*.dcm")))
-    _copy_dicom(folder / "two_series", sorted(SERIES.glob("*.dcm")), new_series=True)
-    _copy_dicom(folder / "one_slice", sorted(SERIES.glob("*.dcm"))[:1])
+    _copy_dicom(folder / "two_series", sorted(series.glob("*.dcm")))
+    _copy_dicom(folder / "two_series", sorted(series.glob("*.dcm")), new_series=True)
+    _copy_dicom(folder / "one_slice", sorted(series.glob("*.dcm"))[:1])
     expected = {
         "zero_byte.nii.gz": "empty (0 bytes)",
         "truncated.nii.gz": "truncated",
@@ -97,8 +86,8 @@ def write_header_corpus(folder: Path) -> dict[str, str]:
     return expected
 
 
-def write_content_corpus(folder: Path) -> dict[str, str]:
-    """Files with sound headers but content that is not a chest CT in HU; returns name -> expected problem."""
+def write_content_corpus(folder: Path, abdomen: Path) -> dict[str, str]:
+    """Files with sound headers but content that is not a chest CT in HU (``abdomen`` too); returns name -> problem."""
     volume, affine = chest(seed=1)
     nan = volume.astype(np.float32)
     nan[10:12, 10:12, 3] = np.nan
@@ -109,7 +98,7 @@ def write_content_corpus(folder: Path) -> dict[str, str]:
     write_nifti(folder / "constant.nii.gz", np.full(volume.shape, -1000, np.int16), affine)
     mri = (np.clip(volume, -1000, 1000) + 1000) * 2  # MR-like: non-negative, no air at -1000
     write_nifti(folder / "mri_like.nii.gz", mri.astype(np.int16), affine)
-    shutil.copy(ABDOMEN, folder / "abdomen.nii.gz")
+    shutil.copy(abdomen, folder / "abdomen.nii.gz")
     return {
         "nan.nii.gz": "NaN or infinite",
         "inf.nii.gz": "NaN or infinite",
@@ -128,38 +117,11 @@ def preprocessing(**overrides) -> Compose:
     return Compose(parser.get_parsed_content("deterministic_transforms"))
 
 
-def refused(proc: subprocess.CompletedProcess, names: list[str]) -> None:
-    """The run ended with status 2 and ``error:`` lines naming every one of ``names``, without a traceback."""
-    assert proc.returncode == 2, f"status {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    assert "Traceback" not in proc.stderr and "Failed to evaluate" not in proc.stderr, proc.stderr[-4000:]
-    message = proc.stderr[proc.stderr.index("error: ") :]
-    for name in names:
-        assert name in message, f"{name} not named in:\n{message}"
-
-
-@pytest.fixture
-def untrained_bundle(tmp_path) -> Path:
-    """A copy of the bundle with a freshly initialised ``models/model.pt`` (inference needs weights, not skill)."""
-    bundle = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
-    (bundle / "models").mkdir(exist_ok=True)
-    torch.save(build_network("chestnet", 1, 2).state_dict(), bundle / "models" / "model.pt")
-    return bundle
-
-
-def infer(bundle: Path, dataset: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    """``monai.bundle run`` with inference.json on ``dataset``, outputs in ``out``."""
-    return run_bundle(
-        "run", "--config_file", str(bundle / "configs" / "inference.json"), "--bundle_root", str(bundle),
-        "--dataset_dir", str(dataset), "--output_dir", str(out), "--spatial_size", "[32,32,16]", *extra, check=False,
-    )  # fmt: skip
-
-
 # --- fast, in process -----------------------------------------------------------------------------------
 
 
-def test_every_header_problem_is_refused_with_its_reason(tmp_path):
-    expected = write_header_corpus(tmp_path)
+def test_every_header_problem_is_refused_with_its_reason(tmp_path, real_series):
+    expected = write_header_corpus(tmp_path, real_series)
     for name, problem in expected.items():
         with pytest.raises(InputError, match=re.escape(problem)) as err:
             check_image(tmp_path / name)
@@ -169,8 +131,8 @@ def test_every_header_problem_is_refused_with_its_reason(tmp_path):
     assert len(err.value.errors) == len(expected)
 
 
-def test_enormous_header_is_refused_before_allocating(tmp_path):
-    write_header_corpus(tmp_path)
+def test_enormous_header_is_refused_before_allocating(tmp_path, real_series):
+    write_header_corpus(tmp_path, real_series)
     tracemalloc.start()
     with pytest.raises(InputError, match="27,000,000,000,000 voxels"):
         check_image(tmp_path / "enormous.nii.gz")
@@ -190,8 +152,8 @@ def test_duplicate_study_ids_and_label_rows_without_files(tmp_path):
         discover(tmp_path / "b", tmp_path / "labels.csv")
 
 
-def test_the_configured_preprocessing_refuses_implausible_content(tmp_path):
-    expected = write_content_corpus(tmp_path)
+def test_the_configured_preprocessing_refuses_implausible_content(tmp_path, real_abdomen):
+    expected = write_content_corpus(tmp_path, real_abdomen)
     transform = preprocessing()
     for name, problem in expected.items():
         with pytest.raises(Exception) as err:  # MONAI wraps what a transform raises in a RuntimeError
@@ -203,8 +165,8 @@ def test_the_configured_preprocessing_refuses_implausible_content(tmp_path):
     assert out["image"].shape == (1, 32, 32, 16)
 
 
-def test_cache_fill_lists_every_implausible_file_at_once(tmp_path):
-    expected = write_content_corpus(tmp_path)
+def test_cache_fill_lists_every_implausible_file_at_once(tmp_path, real_abdomen):
+    expected = write_content_corpus(tmp_path, real_abdomen)
     volume, affine = chest(seed=1)
     items = [{"image": str(write_nifti(tmp_path / "good.nii.gz", volume, affine))}]
     items += [{"image": str(tmp_path / name)} for name in expected]
@@ -247,10 +209,10 @@ def test_guard_prints_the_input_error_and_exits_2_other_errors_go_to_the_previou
 
 
 @pytest.mark.slow
-def test_training_refuses_a_cohort_listing_every_bad_file(tmp_path, tiny_cohort):
+def test_training_refuses_a_cohort_listing_every_bad_file(real_series, tmp_path, tiny_cohort):
     cohort = tmp_path / "cohort"
     shutil.copytree(tiny_cohort / "studies", cohort / "studies")
-    expected = write_header_corpus(cohort / "studies" / "CT-0")
+    expected = write_header_corpus(cohort / "studies" / "CT-0", real_series)
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "models"))
     proc = run_bundle(
@@ -263,9 +225,9 @@ def test_training_refuses_a_cohort_listing_every_bad_file(tmp_path, tiny_cohort)
 
 
 @pytest.mark.slow
-def test_training_refuses_implausible_content_listing_every_file(tmp_path, tiny_cohort):
+def test_training_refuses_implausible_content_listing_every_file(real_abdomen, tmp_path, tiny_cohort):
     data = tmp_path / "data"
-    expected = write_content_corpus(data)
+    expected = write_content_corpus(data, real_abdomen)
     good = sorted((tiny_cohort / "studies").glob("CT-[02]/*.nii.gz"))[:8]
     datalist = {
         "training": [{"image": str(p), "label": int("CT-2" in str(p))} for p in good[:6]]
@@ -284,9 +246,9 @@ def test_training_refuses_implausible_content_listing_every_file(tmp_path, tiny_
 
 
 @pytest.mark.slow
-def test_evaluation_refuses_implausible_content_and_writes_nothing(tmp_path, untrained_bundle):
+def test_evaluation_refuses_implausible_content_and_writes_nothing(tmp_path, untrained_bundle, real_abdomen):
     cohort = tmp_path / "cohort" / "CT-0"
-    expected = write_content_corpus(cohort)
+    expected = write_content_corpus(cohort, real_abdomen)
     configs = untrained_bundle / "configs"
     proc = run_bundle(
         "run", "--config_file", f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
@@ -298,19 +260,19 @@ def test_evaluation_refuses_implausible_content_and_writes_nothing(tmp_path, unt
 
 
 @pytest.mark.slow
-def test_inference_refuses_bad_files_and_a_non_chest_ct(tmp_path, untrained_bundle):
-    expected = write_header_corpus(tmp_path / "bad")
+def test_inference_refuses_bad_files_and_a_non_chest_ct(tmp_path, untrained_bundle, real_series, real_abdomen):
+    expected = write_header_corpus(tmp_path / "bad", real_series)
     refused(infer(untrained_bundle, tmp_path / "bad", tmp_path / "out"), list(expected))
-    proc = infer(untrained_bundle, ABDOMEN, tmp_path / "out")
-    refused(proc, [f"{ABDOMEN}: not a chest CT"])
+    proc = infer(untrained_bundle, real_abdomen, tmp_path / "out")
+    refused(proc, [f"{real_abdomen}: not a chest CT"])
     assert not (tmp_path / "out").exists(), "no prediction for a refused run"
 
 
 @pytest.mark.slow
-def test_inference_on_names_with_spaces_and_non_ascii_letters(tmp_path, untrained_bundle):
+def test_inference_on_names_with_spaces_and_non_ascii_letters(tmp_path, untrained_bundle, real_series):
     folder = tmp_path / "Patiënt scans (copy)"
     write_nifti(folder / "Ünal Çelik 01.nii.gz", *chest(seed=0))
-    _copy_dicom(folder / "Série thorax 02", sorted(SERIES.glob("*.dcm")))
+    _copy_dicom(folder / "Série thorax 02", sorted(real_series.glob("*.dcm")))
     proc = infer(untrained_bundle, folder, tmp_path / "résultats")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads((tmp_path / "résultats" / "predictions.json").read_text(encoding="utf-8"))

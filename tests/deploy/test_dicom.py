@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE, REALCT
+from conftest import BUNDLE
 from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
@@ -17,13 +17,17 @@ from pipeline.deploy.dicom import DISCLAIMER, find_series, result_json, select_a
 from pipeline.deploy.infer import infer_study, stage_series
 from pipeline.utils.errors import InputError
 
-SERIES = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
-FILES = sorted(SERIES.glob("*.dcm"))
 RESULT = {"image": "x", "prob_normal": 0.25, "prob_pneumonia": 0.75, "prediction": "pneumonia"}
 
 
+@pytest.fixture
+def files(real_series) -> list[Path]:
+    """The real DICOM series' files (30 slices, 128x128), in order."""
+    return sorted(real_series.glob("*.dcm"))
+
+
 def copy_series(
-    dest: Path, files=FILES, edit: Callable[[pydicom.Dataset], None] | None = None, prefix: str = "IM"
+    dest: Path, files: list[Path], edit: Callable[[pydicom.Dataset], None] | None = None, prefix: str = "IM"
 ) -> Path:
     """Copy ``files`` into ``dest`` as a new series (fresh SeriesInstanceUID), names without extension."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -37,23 +41,23 @@ def copy_series(
     return dest
 
 
-def test_fixture_is_small_and_loads_as_one_hu_volume():
-    assert len(FILES) == 30
-    assert sum(f.stat().st_size for f in FILES) < 1.5 * 2**20
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in FILES]
+def test_fixture_is_small_and_loads_as_one_hu_volume(real_series, files):
+    assert len(files) == 30
+    assert sum(f.stat().st_size for f in files) < 1.5 * 2**20
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     assert {(h.Rows, h.Columns) for h in headers} == {(128, 128)}
     assert {h.SeriesInstanceUID for h in headers} == {headers[0].SeriesInstanceUID}
     assert len({h.SOPInstanceUID for h in headers}) == 30
     assert all(h.file_meta.MediaStorageSOPInstanceUID == h.SOPInstanceUID for h in headers)
-    img = LoadImage(reader="PydicomReader", image_only=True)(str(SERIES))
+    img = LoadImage(reader="PydicomReader", image_only=True)(str(real_series))
     assert img.shape == (128, 128, 30)
     np.testing.assert_allclose(img.pixdim, [2.5859375, 2.5859375, 8.0])
     assert img.min() == -1024 and 1000 < img.max() < 3072  # HU: air and bone after the rescale
 
 
-def test_find_series_groups_nested_files_and_warns_about_junk(tmp_path):
-    copy_series(tmp_path / "a" / "b")
-    copy_series(tmp_path / "mr", FILES[:3], lambda ds: setattr(ds, "Modality", "MR"))
+def test_find_series_groups_nested_files_and_warns_about_junk(tmp_path, files):
+    copy_series(tmp_path / "a" / "b", files)
+    copy_series(tmp_path / "mr", files[:3], lambda ds: setattr(ds, "Modality", "MR"))
     (tmp_path / "a" / "notes.txt").write_text("not DICOM")
     (tmp_path / ".DS_Store").write_bytes(b"\0" * 200)
     with pytest.warns(UserWarning, match="skipped 2 file"):
@@ -66,9 +70,9 @@ def test_find_series_groups_nested_files_and_warns_about_junk(tmp_path):
     assert select_axial_ct_series(series, tmp_path) is ct
 
 
-def test_select_prefers_the_largest_axial_ct(tmp_path):
-    copy_series(tmp_path / "thin", FILES[:20])
-    copy_series(tmp_path / "full")
+def test_select_prefers_the_largest_axial_ct(tmp_path, files):
+    copy_series(tmp_path / "thin", files[:20])
+    copy_series(tmp_path / "full", files)
     assert select_axial_ct_series(find_series(tmp_path), tmp_path).num_slices == 30
 
 
@@ -86,30 +90,34 @@ def _mixed_orientation(ds: pydicom.Dataset) -> None:
         ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
 
 
-@pytest.mark.parametrize(
-    "files,edit,problem",
+@pytest.mark.parametrize(  # pick: which of the real series' files the study holds
+    "pick,edit,problem",
     [
-        ([], None, "no DICOM image series"),
-        (FILES, _set(Modality="MR"), "modality MR, not CT"),
-        (FILES, _set(ImageOrientationPatient=[1, 0, 0, 0, 0, -1]), "no axial CT series: found CT series .*coronal"),
-        (FILES[:1], None, "1 slice.*fewer than 16 slices"),
-        (FILES[:10], None, "fewer than 16 slices"),
-        (FILES, _mixed_sizes, "mixed slice sizes"),
-        (FILES, _mixed_orientation, "mixed slice orientations"),
-        (FILES[:10] + FILES[11:], None, "slice spacing varies from 8 to 16 mm"),
-        (FILES + FILES[:1], None, "several slices at the same position"),
+        (lambda f: [], None, "no DICOM image series"),
+        (lambda f: f, _set(Modality="MR"), "modality MR, not CT"),
+        (
+            lambda f: f,
+            _set(ImageOrientationPatient=[1, 0, 0, 0, 0, -1]),
+            "no axial CT series: found CT series .*coronal",
+        ),
+        (lambda f: f[:1], None, "1 slice.*fewer than 16 slices"),
+        (lambda f: f[:10], None, "fewer than 16 slices"),
+        (lambda f: f, _mixed_sizes, "mixed slice sizes"),
+        (lambda f: f, _mixed_orientation, "mixed slice orientations"),
+        (lambda f: f[:10] + f[11:], None, "slice spacing varies from 8 to 16 mm"),
+        (lambda f: f + f[:1], None, "several slices at the same position"),
     ],
     ids=["empty", "mr", "coronal", "one-slice", "few-slices", "sizes", "orientations", "gap", "duplicate"],
 )
-def test_select_refuses_with_reason(tmp_path, files, edit, problem):
-    study = copy_series(tmp_path / "study", files, edit)
+def test_select_refuses_with_reason(tmp_path, files, pick, edit, problem):
+    study = copy_series(tmp_path / "study", pick(files), edit)
     with pytest.raises(InputError, match=problem) as err:
         select_axial_ct_series(find_series(study), study)
     assert err.value.path == str(study)
 
 
-def test_structured_report_references_source_and_carries_the_result(tmp_path):
-    source = find_series(SERIES)[0]
+def test_structured_report_references_source_and_carries_the_result(tmp_path, real_series):
+    source = find_series(real_series)[0]
     out = write_structured_report({**RESULT, "prediction": 1}, source, tmp_path / "sr.dcm", "model-x", "1.2.3")
     assert [p.name for p in tmp_path.iterdir()] == ["sr.dcm"]  # no temporary file left behind
     sr = pydicom.dcmread(out)
@@ -129,31 +137,31 @@ def test_structured_report_references_source_and_carries_the_result(tmp_path):
     assert "not for clinical use" in sr.SeriesDescription
 
 
-def test_result_json_summarises_the_prediction():
-    source = find_series(SERIES)[0]
+def test_result_json_summarises_the_prediction(real_series):
+    source = find_series(real_series)[0]
     summary = result_json({**RESULT, "prediction": 0}, source, "m", "0.1.0")
     assert summary["prediction"] == "normal" and summary["prob_pneumonia"] == 0.75
     assert (summary["series_instance_uid"], summary["num_slices"]) == (source.uid, 30)
 
 
-def test_stage_series_holds_exactly_the_selected_series(tmp_path):
-    copy_series(tmp_path / "study")
-    copy_series(tmp_path / "study", FILES[:3], _set(Modality="MR"), prefix="MR")  # same folder, another series
+def test_stage_series_holds_exactly_the_selected_series(tmp_path, files):
+    copy_series(tmp_path / "study", files)
+    copy_series(tmp_path / "study", files[:3], _set(Modality="MR"), prefix="MR")  # same folder, another series
     series = select_axial_ct_series(find_series(tmp_path / "study"), tmp_path / "study")
     staged = stage_series(series, tmp_path / "staged")
     assert LoadImage(reader="PydicomReader", image_only=True)(str(staged)).shape == (128, 128, 30)
 
 
-def test_infer_command_refuses_a_study_without_ct(tmp_path, capsys):
-    study = copy_series(tmp_path / "study", FILES[:3], _set(Modality="PT"))
+def test_infer_command_refuses_a_study_without_ct(tmp_path, capsys, files):
+    study = copy_series(tmp_path / "study", files[:3], _set(Modality="PT"))
     assert main(["infer", str(study), "--bundle", str(BUNDLE), "--out", str(tmp_path / "out")]) == 2
     assert "modality PT, not CT" in capsys.readouterr().err
     assert not (tmp_path / "out" / "result.json").exists()
 
 
 @pytest.mark.slow
-def test_infer_end_to_end_on_real_dicom(tmp_path, trained_bundle):
-    study = copy_series(tmp_path / "study" / "nested")
+def test_infer_end_to_end_on_real_dicom(real_series, files, tmp_path, trained_bundle):  # real data first: skip early
+    study = copy_series(tmp_path / "study" / "nested", files)
     (tmp_path / "study" / "README").write_text("junk")
     with pytest.warns(UserWarning, match="skipped 1 file"):
         summary = infer_study(tmp_path / "study", trained_bundle, tmp_path / "out")

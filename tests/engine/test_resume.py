@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import BUNDLE, TINY, run_bundle
-from test_robustness import untrained_bundle  # noqa: F401 (a fixture)
 
 from pipeline.engine.checkpoint import AtomicDiskSaver
 from pipeline.engine.resume import latest_state
@@ -99,7 +98,7 @@ def test_resume_without_a_state_file_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_evaluation_leaves_no_half_written_file(tmp_path, tiny_cohort, untrained_bundle):  # noqa: F811
+def test_sigkill_during_evaluation_leaves_no_half_written_file(tmp_path, tiny_cohort, untrained_bundle):
     bundle = untrained_bundle
     configs = bundle / "configs"
     out = tmp_path / "eval"

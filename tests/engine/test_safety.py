@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import write_nifti
-from test_robustness import chest, infer, refused, untrained_bundle  # noqa: F401 (a fixture)
+from conftest import chest, infer, refused, write_nifti
 
 from pipeline.data.cohort import read_datalist
 from pipeline.engine.checkpoint import load_weights_only
@@ -62,7 +61,7 @@ def test_resume_refuses_a_malicious_state_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_bundle_inference_refuses_a_malicious_model_without_running_it(tmp_path, untrained_bundle):  # noqa: F811
+def test_bundle_inference_refuses_a_malicious_model_without_running_it(tmp_path, untrained_bundle):
     marker = tmp_path / "pwned"
     malicious_checkpoint(untrained_bundle / "models" / "model.pt", marker)
     image = write_nifti(tmp_path / "scan.nii.gz", *chest())
@@ -91,7 +90,7 @@ def test_datalist_paths_cannot_escape_the_data_root(tmp_path):
 
 
 @pytest.mark.slow
-def test_bundle_refuses_a_datalist_leaving_its_data_root_unless_asked(tmp_path, untrained_bundle):  # noqa: F811
+def test_bundle_refuses_a_datalist_leaving_its_data_root_unless_asked(tmp_path, untrained_bundle):
     datalist = _datalist(tmp_path / "data", "../" * len(tmp_path.parts) + "etc/passwd")
     args = ("--datalist", str(datalist))
     refused(infer(untrained_bundle, tmp_path, tmp_path / "out", *args), ["lies outside the data root"])

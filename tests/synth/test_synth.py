@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import REALCT
 from scipy import ndimage
 
 from pipeline.__main__ import main
@@ -19,7 +18,6 @@ from pipeline.synth.phantom import CATEGORY_BANDS, SCANNERS, check_matrix, gener
 from pipeline.transforms.plausibility import CheckChestCT, aerated_fraction
 from pipeline.utils.errors import InputError
 
-REAL_CT = REALCT / "chest_cta_4slices.nii.gz"
 FAST = {"matrix": 64, "_n_slices": 33}
 
 
@@ -61,8 +59,8 @@ def test_default_slice_count_and_spacing_follow_mosmed() -> None:
         assert 0.58 <= study.params["fov_mm"] / 512 <= 1.15
 
 
-def test_hu_of_tissues_match_real_chest_ct() -> None:
-    real = np.asanyarray(nib.load(REAL_CT).dataobj)
+def test_hu_of_tissues_match_real_chest_ct(real_chest_crop: Path) -> None:
+    real = np.asanyarray(nib.load(real_chest_crop).dataobj)
     ref = _tissue_hu(real, np.ones(real.shape, bool))  # the real crop lies inside the body
     for seed in range(3):
         study = generate_study("CT-0", seed, **FAST)

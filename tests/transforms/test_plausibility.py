@@ -5,16 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import REALCT
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
 from pipeline.synth.phantom import generate_study
 from pipeline.transforms.plausibility import CheckChestCT, CheckChestCTd, aerated_fraction
 from pipeline.utils.errors import InputError
-
-CHEST_DICOM = REALCT / "Lung_Dx-A0002_thorax_8mm_128"
-ABDOMEN = REALCT / "abdomen_ct_small.nii.gz"
 
 
 def chest_phantom(shape=(48, 48, 12), lungs: bool = True) -> np.ndarray:
@@ -33,22 +29,23 @@ def load(path) -> dict:
     return Compose([LoadImaged("image", ensure_channel_first=True, image_only=True)])({"image": str(path)})
 
 
-def test_real_chest_dicom_fixture_accepted():
-    data = load(CHEST_DICOM)
+def test_real_chest_dicom_fixture_accepted(real_series):
+    data = load(real_series)
     assert data["image"].shape == (1, 128, 128, 30)
     assert CheckChestCTd("image")(data)["image"] is data["image"]
     assert aerated_fraction(data["image"][0].numpy()) > 0.1
 
 
-@pytest.mark.parametrize("path", sorted(p for p in REALCT.glob("*.nii.gz") if p != ABDOMEN), ids=lambda p: p.name)
-def test_real_chest_nifti_accepted(path):
+@pytest.mark.parametrize("fixture", ["real_chest_crop"])  # every real chest CT in NIfTI
+def test_real_chest_nifti_accepted(fixture, request):
+    path = request.getfixturevalue(fixture)
     CheckChestCTd("image")(load(path))
 
 
-def test_abdomen_refused_naming_the_file():
+def test_abdomen_refused_naming_the_file(real_abdomen):
     with pytest.raises(InputError, match="not a chest CT") as err:
-        CheckChestCTd("image")(load(ABDOMEN))
-    assert err.value.path == str(ABDOMEN)
+        CheckChestCTd("image")(load(real_abdomen))
+    assert err.value.path == str(real_abdomen)
 
 
 @pytest.mark.parametrize("category,seed", [("CT-0", 0), ("CT-0", 1), ("CT-2", 2), ("CT-3", 3)])

@@ -15,11 +15,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from conftest import BUNDLE, chest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
-from test_robustness import BUNDLE, chest
 
 SPATIAL_SIZE = [16, 16, 8]
 CHEST = functools.cache(chest)
