@@ -16,9 +16,6 @@ from pipeline.synth import realism
 from pipeline.synth.generate import generate_cohort
 from pipeline.utils.errors import InputError
 
-#: Real chest CTs shared beside the repository (never copied into it); see its SOURCES.md.
-REAL_CT = Path(__file__).resolve().parents[2].parent / "shared" / "realct"
-
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory) -> Path:
@@ -184,9 +181,8 @@ def test_bad_input_is_an_input_error_naming_the_file(tmp_path, cohort, real_dir,
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not REAL_CT.is_dir(), reason=f"real CT references not found at {REAL_CT}")
-def test_real_normal_lungs_measure_like_lungs():
-    scans = [s for s in realism.find_real_scans(REAL_CT) if s.group == realism.REAL_NORMAL]
+def test_real_normal_lungs_measure_like_lungs(shared_realct):  # ../shared/realct, never copied into the repo
+    scans = [s for s in realism.find_real_scans(shared_realct) if s.group == realism.REAL_NORMAL]
     names = {s.name for s in scans}
     assert "nifti/abdomen_ct.nii.gz" in names  # found by path, then moved by its measurements
     records = realism.compare(scans)
