@@ -412,10 +412,10 @@ def texture_figures(volume: np.ndarray, lung: np.ndarray, spacing: Sequence[floa
 def _split_lr(lung: np.ndarray) -> float:
     """Left over right lung volume of a RAS mask (axis 0 runs towards the patient's right)."""
     profile = lung.sum(axis=(1, 2)).astype(float)
-    xs = np.nonzero(profile)[0]
-    if xs.size < 6:
+    if np.count_nonzero(profile) < 6:
         return float("nan")
-    a, b = xs[0], xs[-1]
+    cum = np.cumsum(profile) / profile.sum()
+    a, b = int(np.searchsorted(cum, 0.005)), int(np.searchsorted(cum, 0.995))  # stray voxels do not count
     lo, hi = a + (b - a) // 3, a + 2 * (b - a) // 3 + 1
     cut = lo + int(np.argmin(ndimage.uniform_filter1d(profile[lo:hi], 3)))
     left, right = profile[:cut].sum(), profile[cut:].sum()
@@ -509,9 +509,14 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
 
     spacing = tuple(float(s) for s in spacing)
     lungmod = _lung_module()
-    if lung is None:
-        lung = np.asarray(lungmod.lung_mask(volume, spacing), dtype=bool)
     rec: dict = {"shape": list(volume.shape), "spacing": [round(s, 4) for s in spacing]}
+    if lung is None:
+        try:
+            lung = np.asarray(lungmod.lung_mask(volume, spacing), dtype=bool)
+        except Exception as err:  # one scan the mask cannot handle leaves its figures NaN
+            logger.warning("lung mask failed (%s: %s); lung figures left out", type(err).__name__, err)
+            rec["lung_mask_error"] = f"{type(err).__name__}: {err}"
+            lung = np.zeros(volume.shape, bool)
     nan = float("nan")
     rec["lung_volume_ml"] = float(lungmod.lung_volume_ml(lung, spacing))
     values = volume[lung]

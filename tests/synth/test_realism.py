@@ -143,6 +143,23 @@ def test_noise_adds_in_quadrature_on_a_phantom():
     assert n1 == pytest.approx(np.hypot(n0, 30), rel=0.1)
 
 
+def test_a_failing_lung_mask_leaves_lung_figures_out(monkeypatch):
+    class Broken:
+        @staticmethod
+        def lung_mask(volume, spacing):
+            raise ValueError("no lungs here")
+
+        @staticmethod
+        def lung_volume_ml(mask, spacing):
+            return float(mask.sum() * np.prod(spacing) / 1000)
+
+    monkeypatch.setattr(realism, "_lung_module", lambda: Broken)
+    rec = realism.measure(_block_phantom(), (2.0, 2.0, 5.0))
+    assert rec["lung_mask_error"] == "ValueError: no lungs here"
+    assert rec["lung_volume_ml"] == 0 and np.isnan(rec["lung_hu_median"]) and np.isnan(rec["lung_height_mm"])
+    assert rec["noise_hu"] < 1
+
+
 def test_real_scans_are_found_and_grouped_by_path(tmp_path):
     for rel in ("ricord_slabs/covid_positive/patient_1", "ricord_slabs/covid_negative/patient_2", "dicom/chest"):
         (tmp_path / rel).mkdir(parents=True)
