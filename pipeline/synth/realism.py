@@ -524,8 +524,8 @@ def measure(volume: np.ndarray, spacing: Sequence[float], lung: np.ndarray | Non
         rec["lung_hu_median"] = float(np.median(values))
         rec["aerated_pct"] = 100.0 * float(np.mean((values >= AERATED[0]) & (values < AERATED[1])))
         rec["haa_pct"] = 100.0 * float(np.mean((values >= HAA[0]) & (values < HAA[1])))
-        hist, _ = np.histogram(np.clip(values, HIST_EDGES[0], HIST_EDGES[-1] - 1e-3), bins=HIST_EDGES)
-        rec["lung_hist"] = [round(float(h), 6) for h in hist / hist.sum()]
+        hist, _ = np.histogram(np.maximum(values, HIST_EDGES[0]), bins=HIST_EDGES)  # above +100 HU: left out
+        rec["lung_hist"] = [round(float(h), 6) for h in hist / values.size]
     else:
         rec.update(lung_hu_median=nan, aerated_pct=nan, haa_pct=nan, lung_hist=None)
 
@@ -614,10 +614,43 @@ def _fmt(v: float | None, key: str) -> str:
     return f"{v:.1f}"
 
 
-def markdown_table(summary: dict, groups: Sequence[str]) -> str:
-    """Figures as rows, groups as columns; each cell ``median (min-max)``."""
-    head = "| figure | " + " | ".join(f"{g} (n={summary[g]['n']})" for g in groups) + " |"
-    lines = [head, "|---|" + "---|" * len(groups)]
+#: Figures that a partial scan (a slab) does not measure: their reference is "real normal" alone.
+WHOLE_SCAN_FIGURES = ("lung_volume_ml", "lung_height_mm", "lung_lr_ratio")
+
+
+def verdicts(records: Sequence[dict], groups: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Where the median of the normal synthetic group (``CT-0``, else the first synthetic one) falls against the
+    range of the real non-COVID scans ("real normal" and "RICORD negative"; "real normal" alone for
+    :data:`WHOLE_SCAN_FIGURES`): ``"within"``, ``"above (+x)"`` or ``"below (-x)"``, x the distance to the range."""
+    synth = [g for g in groups if g not in REAL_GROUPS]
+    if not synth:
+        return "", {}
+    target = "CT-0" if "CT-0" in synth else synth[0]
+    out = {}
+    for key in FIGURES:
+        pool = (REAL_NORMAL,) if key in WHOLE_SCAN_FIGURES else (REAL_NORMAL, RICORD_NEG)
+        ref = _finite([r[key] for r in records if r["group"] in pool])
+        mine = _finite([r[key] for r in records if r["group"] == target])
+        if not ref.size or not mine.size:
+            out[key] = "-"
+            continue
+        m = float(np.median(mine))
+        if m > ref.max():
+            out[key] = f"above (+{_fmt(m - ref.max(), key)})"
+        elif m < ref.min():
+            out[key] = f"below (-{_fmt(ref.min() - m, key)})"
+        else:
+            out[key] = "within"
+    return target, out
+
+
+def markdown_table(summary: dict, groups: Sequence[str], verdict: tuple[str, dict[str, str]] | None = None) -> str:
+    """Figures as rows, groups as columns; each cell ``median (min to max)``; optionally a last column of
+    :func:`verdicts`."""
+    target, marks = verdict if verdict and verdict[0] else ("", {})
+    extra = [f"{target} median vs real range"] if target else []
+    head = "| figure | " + " | ".join([*(f"{g} (n={summary[g]['n']})" for g in groups), *extra]) + " |"
+    lines = [head, "|---|" + "---|" * (len(groups) + len(extra))]
     for key, label in FIGURES.items():
         cells = []
         for g in groups:
@@ -628,6 +661,8 @@ def markdown_table(summary: dict, groups: Sequence[str]) -> str:
                 cells.append(_fmt(s["median"], key))
             else:
                 cells.append(f"{_fmt(s['median'], key)} ({_fmt(s['min'], key)} to {_fmt(s['max'], key)})")
+        if target:
+            cells.append(marks.get(key, "-"))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -850,13 +885,15 @@ def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | N
     """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary."""
     groups = _group_order(records)
     summary = group_summary(records, groups)
-    table = markdown_table(summary, groups)
+    verdict = verdicts(records, groups)
+    table = markdown_table(summary, groups, verdict)
     png = plot(records, groups, title=f"realism: {meta.get('cohort', '')} vs {meta.get('real_dir', '')}")
     payload = {
         **meta,
         "figures": FIGURES,
         "groups": groups,
         "summary": summary,
+        "synthetic_vs_real": {"group": verdict[0], "figures": verdict[1]},
         "scans": records,
         "hist_edges_hu": HIST_EDGES.tolist(),
         "calibre_edges_mm": CALIBRE_EDGES.tolist(),
@@ -981,7 +1018,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(out, "output path exists and is not a folder")
     summary = write_outputs(out, records, meta, Path(args.docs) if args.docs else None)
     if say:
-        print(markdown_table(summary, _group_order(records)))
+        groups = _group_order(records)
+        print(markdown_table(summary, groups, verdicts(records, groups)))
     print(f"wrote {out / 'realism.json'}, realism.csv, realism_scans.csv, realism.md, realism.png")
     if args.docs:
         print(f"wrote {Path(args.docs) / 'realism.md'} and {Path(args.docs) / 'images' / 'realism.png'}")
