@@ -104,7 +104,27 @@ def run_bundle(*args: str, cwd: Path | None = None, check: bool = True) -> subpr
 
 
 #: Overrides that make a bundle run tiny: 32x32x16 volumes, 2 epochs.
-TINY = ("--spatial_size", "[32,32,16]", "--epochs", "2", "--cache_workers", "1")
+TINY = ("--spatial_size", "[32,32,16]", "--pixdim", "[6,6,8]", "--epochs", "2", "--cache_workers", "1")
+#: The preprocessing of :data:`TINY` runs, as a checkpoint records it (with train.json's other defaults).
+TINY_CHAIN = {"spatial_size": [32, 32, 16], "pixdim": [6.0, 6.0, 8.0]}
+
+
+def write_untrained_model(bundle: Path, **chain) -> Path:
+    """Write ``bundle/models/model.pt``: an untrained ``chestnet`` with the record of train.json's chain + ``chain``."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    from pipeline.engine.record import ChainRecord
+    from pipeline.networks.nets import build_network
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    record = ChainRecord("chestnet", {**parser.get_parsed_content("preprocessing_params"), **chain})
+    network = build_network("chestnet", in_channels=1, num_classes=2)
+    (bundle / "models").mkdir(exist_ok=True)
+    path = bundle / "models" / "model.pt"
+    torch.save({"model": network.state_dict(), "record": record.state_dict()}, path)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -151,14 +171,9 @@ def chest(seed: int = 0, category: str = "CT-0") -> tuple[np.ndarray, np.ndarray
 @pytest.fixture
 def untrained_bundle(tmp_path) -> Path:
     """A copy of the bundle with a freshly initialised ``models/model.pt`` (inference needs weights, not skill)."""
-    import torch
-
-    from pipeline.networks.nets import build_network
-
     bundle = tmp_path / "bundle"
     shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
-    (bundle / "models").mkdir(exist_ok=True)
-    torch.save(build_network("chestnet", 1, 2).state_dict(), bundle / "models" / "model.pt")
+    write_untrained_model(bundle, **TINY_CHAIN)
     return bundle
 
 

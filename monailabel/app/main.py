@@ -114,6 +114,14 @@ class ClassificationTrainTask(BundleTrainTask):
                 }
             )
 
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """MONAI Label sets ``train#dataset#data``/``validate#dataset#data``; the bundle builds its datasets empty and
+        fills them from ``train#datalist``/``validate#datalist`` when the run starts, so hand the lists over there."""
+        for split in ("train", "validate"):
+            if f"{split}#dataset#data" in overrides:
+                overrides[f"{split}#datalist"] = overrides.pop(f"{split}#dataset#data")
+        return overrides
+
     def _class_index(self, image_id: str, value: Any) -> int:
         """A class name (any case) or index of :attr:`class_names` -> its index."""
         names = [n.lower() for n in self.class_names]

@@ -26,12 +26,13 @@ from typing import Any
 import monai
 import numpy as np
 import torch
-from monai.data import CacheNTransDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, CacheNTransDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 
-from pipeline.utils.guard import CheckedCacheDataset
+from pipeline.utils.errors import InputError, InputErrors
+from pipeline.utils.guard import find_input_error
 
-CACHE_KINDS = ("memory", "disk")
+CACHE_KINDS = ("memory", "disk", "none")
 _MAX_DEPTH = 8
 
 
@@ -90,6 +91,46 @@ def item_hash(item: dict) -> bytes:
     return pickle_hashing({"item": item, "files": stats})
 
 
+class CheckedCacheDataset(CacheDataset):
+    """A :class:`~monai.data.CacheDataset` that checks every item while caching and reports all bad ones at once.
+
+    When an item's deterministic transforms (e.g. :class:`~pipeline.transforms.plausibility.CheckChestCTd`) raise an
+    :class:`InputError`, the cache fill goes on; at its end one :class:`InputErrors` lists every bad file.
+    Other exceptions propagate unchanged. Items transformed at run time (``cache_rate < 1``) raise as usual.
+    Arguments are those of :class:`~monai.data.CacheDataset`.
+    """
+
+    _collecting = False
+
+    def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
+        self._collecting = True
+        try:
+            cache = super()._fill_cache(indices)
+        finally:
+            self._collecting = False
+        errors = [item for item in cache if isinstance(item, InputError)]
+        if errors:
+            raise InputErrors(errors)
+        return cache
+
+    def _load_cache_item(self, idx: int):
+        try:
+            return super()._load_cache_item(idx)
+        except Exception as err:
+            found = find_input_error(err)
+            if not self._collecting or found is None:
+                raise
+            return found
+
+
+class PlainDataset(Dataset):
+    """MONAI's :class:`~monai.data.Dataset` (no cache) with ``set_data``, like the cached datasets."""
+
+    def set_data(self, data: Sequence) -> None:
+        """Replace the items."""
+        self.data = data
+
+
 def cached_dataset(
     data: Sequence[dict],
     transform: Callable,
@@ -104,7 +145,8 @@ def cached_dataset(
     Args:
         data: datalist items (``{"image": path, "label": int, ...}``).
         transform: the whole preprocessing, deterministic transforms first.
-        cache: ``"memory"`` (:class:`~pipeline.utils.guard.CheckedCacheDataset`: every rank holds its studies in
+        cache: ``"none"`` (transform every item on every access: inference),
+            ``"memory"`` (:class:`CheckedCacheDataset`: every rank holds its studies in
             RAM, and every bad study is reported at once) or ``"disk"``
             (``PersistentDataset`` files under ``cache_dir``, shared by ranks and runs).
         cache_dir: folder of the disk cache (created if missing); required for ``"disk"``.
@@ -117,6 +159,8 @@ def cached_dataset(
     Raises:
         ValueError: for an unknown ``cache`` or ``"disk"`` without ``cache_dir``.
     """
+    if cache == "none":
+        return PlainDataset(data=data, transform=transform)
     if cache == "memory":
         return CheckedCacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
     if cache != "disk":

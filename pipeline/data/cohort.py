@@ -30,6 +30,7 @@ import numpy as np
 from pipeline.data.imagecheck import check_images, is_dicom_dir, is_dicom_file, is_nifti
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
+from pipeline.utils.flags import as_bool
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 MERGED = {"CT-23": ("CT-2", "CT-3")}
 DEFAULT_NORMAL = ("CT-0",)
-DEFAULT_ABNORMAL = ("CT-2", "CT-3")
+DEFAULT_ABNORMAL = ("CT-1", "CT-2", "CT-3", "CT-4")
 CLASS_NAMES = ("normal", "pneumonia")
 _LABEL_WORDS = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1, "abnormal": 1}
 
@@ -320,6 +321,13 @@ def read_datalist(path: str | os.PathLike, root: str | os.PathLike | None = None
             resolved.append({**it, "image": str(image)})
         out[key] = resolved
     return out
+
+
+def data_root_for(datalist: str | None, allow_outside: bool | str = False) -> str | None:
+    """The folder a datalist's images must lie in (the datalist's own), or ``None`` when ``allow_outside``."""
+    if not datalist or as_bool(allow_outside, "allow_outside_data_root"):
+        return None
+    return os.path.dirname(os.path.abspath(datalist))
 
 
 def load_split(

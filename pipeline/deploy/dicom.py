@@ -22,10 +22,10 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.sr.codedict import codes
 
+from pipeline.data.cohort import CLASS_NAMES
 from pipeline.utils.atomic import atomic_path
 from pipeline.utils.errors import InputError
 
-CLASS_NAMES = ("normal", "pneumonia")
 MIN_SLICES = 16
 DISCLAIMER = "Research use only. Not for clinical use: not a medical device, not reviewed by a physician."
 

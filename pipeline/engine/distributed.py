@@ -9,6 +9,7 @@ CPU-only machines.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from ignite.engine import Engine
 from monai.data import partition_dataset
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -108,3 +110,9 @@ def cleanup() -> None:
     """Leave the process group (the ``finalize`` step of the bundle)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def quiet(engines: Sequence[Engine]) -> None:
+    """Log only warnings from ``engines`` (the ranks other than 0, so each message is printed once)."""
+    for engine in engines:
+        engine.logger.setLevel(logging.WARNING)

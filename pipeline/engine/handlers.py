@@ -1,17 +1,15 @@
-"""Ignite handlers for the bundle: learning curves and per-scan predictions.
+"""Ignite handlers and batch helpers for the bundle's engines: learning curves, float batches, metric outputs.
 
-Both follow MONAI's handler pattern: construct in the config, ``attach(engine)`` is called
-by the MONAI workflow that lists them in ``train_handlers`` / ``val_handlers``.
+:class:`LearningCurves` follows MONAI's handler pattern: construct in the config, ``attach(engine)`` is called
+by the MONAI workflow that lists it in ``train_handlers`` / ``val_handlers``.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +19,9 @@ import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import default_prepare_batch
 
-from pipeline.data.cohort import CLASS_NAMES, study_id_of
 from pipeline.utils.atomic import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
-
-PREDICTION_FIELDS = ("study_id", "image", "label", "category", "prob_normal", "prob_pneumonia", "prediction")
 
 
 def class_output(output: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,13 +46,6 @@ def logits_output(output: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Decollated engine output -> ``(logits (B, C), labels (B,))`` for ignite's ``Loss``."""
     logits = torch.stack([torch.as_tensor(o["logits"]).float() for o in output])
     return logits, class_output(output)[1]
-
-
-def _image_name(item: dict) -> str:
-    image = item.get("image")
-    meta = getattr(image, "meta", None) or item.get("image_meta_dict") or {}
-    name = meta.get("filename_or_obj", "")
-    return str(name[0] if isinstance(name, list | tuple) else name)
 
 
 class LearningCurves:
@@ -156,79 +144,3 @@ class LearningCurves:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         return atomic_write_bytes(self.output_dir / "learning_curves.png", buf.getvalue())
-
-
-class PredictionWriter:
-    """Collect per-scan probabilities from an evaluator; write CSV and JSON and print a readout.
-
-    Writes ``OUTPUT_DIR/predictions.csv`` (columns :data:`PREDICTION_FIELDS`) and
-    ``OUTPUT_DIR/predictions.json`` atomically when the evaluation epoch completes, and prints
-    one line per scan the way the tutorial did: ``study_0001: 27.9 % normal, 72.1 % pneumonia``.
-    With ``on_complete``, each callable then gets ``(rows, output_dir)`` (e.g. to write metrics).
-
-    Args:
-        output_dir: folder for the outputs.
-        threshold: P(pneumonia) at or above which the prediction is ``pneumonia``.
-        class_names: names of the output channels.
-        print_results: print the per-scan readout.
-        on_complete: callables run on the finished rows.
-    """
-
-    def __init__(
-        self,
-        output_dir: str,
-        threshold: float = 0.5,
-        class_names: Sequence[str] = CLASS_NAMES,
-        print_results: bool = True,
-        on_complete: Sequence[Callable[[list[dict], Path], object]] = (),
-    ) -> None:
-        self.output_dir = Path(output_dir)
-        self.threshold = float(threshold)
-        self.class_names = tuple(class_names)
-        self.print_results = print_results
-        self.on_complete = list(on_complete)
-        self.rows: list[dict] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Register on the evaluator."""
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
-
-    def _reset(self, _engine: Engine) -> None:
-        self.rows = []
-
-    def _collect(self, engine: Engine) -> None:
-        batch, output = engine.state.batch, engine.state.output
-        for item, out in zip(batch, output):
-            probs = torch.as_tensor(out["pred"]).detach().float().reshape(-1).cpu().numpy()
-            image = _image_name(item)
-            label = out.get("label", item.get("label"))
-            if label is not None:
-                label = torch.as_tensor(label).reshape(-1)
-                label = int(label.argmax()) if label.numel() > 1 else int(label.item())
-            row = {
-                "study_id": str(item.get("study_id") or study_id_of(image)),
-                "image": image,
-                "label": "" if label is None else label,
-                "category": str(item.get("category") or ""),
-            }
-            row.update({f"prob_{name}": float(p) for name, p in zip(self.class_names, probs)})
-            row["prediction"] = self.class_names[1] if probs[1] >= self.threshold else self.class_names[0]
-            self.rows.append(row)
-
-    def _write(self, _engine: Engine) -> None:
-        fields = list(PREDICTION_FIELDS[:4]) + [f"prob_{n}" for n in self.class_names] + ["prediction"]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        atomic_write_text(self.output_dir / "predictions.csv", buf.getvalue())
-        atomic_write_text(self.output_dir / "predictions.json", json.dumps(self.rows, indent=2) + "\n")
-        if self.print_results:
-            for row in self.rows:
-                parts = ", ".join(f"{100 * row[f'prob_{n}']:.1f} % {n}" for n in self.class_names)
-                print(f"{row['study_id']}: {parts}", flush=True)
-        logger.info("wrote %d predictions to %s", len(self.rows), os.fspath(self.output_dir / "predictions.csv"))
-        for fn in self.on_complete:
-            fn(self.rows, self.output_dir)

@@ -93,10 +93,20 @@ def metrics_from_predictions(
     Raises:
         InputError: the table is unreadable (see :func:`read_predictions`) or no row has a label.
     """
-    rows = read_predictions(path)
+    return metrics_from_rows(read_predictions(path), path, threshold, n_bootstrap, seed)
+
+
+def metrics_from_rows(
+    rows: Sequence[Mapping], source: str | os.PathLike, threshold: float = 0.5, n_bootstrap: int = 1000, seed: int = 0
+) -> dict:
+    """:func:`metrics_from_predictions` of rows already in memory (``label`` 0, 1 or ``None``); ``source`` names them.
+
+    Raises:
+        InputError: no row has a label.
+    """
     labelled = [r for r in rows if r["label"] is not None]
     if not labelled:
-        raise InputError(path, "no row has a label (0 or 1); metrics need known labels")
+        raise InputError(source, "no row has a label (0 or 1); metrics need known labels")
     metrics = classification_metrics(
         [r["label"] for r in labelled],
         [r["prob_pneumonia"] for r in labelled],
@@ -268,17 +278,18 @@ def _category_table(per_category: Mapping[str, Mapping]) -> str:
 
 
 def write_report(
-    predictions_csv: str | os.PathLike,
+    predictions: str | os.PathLike | Sequence[Mapping],
     metrics: Mapping,
     out_html: str | os.PathLike,
     saliency_panels: Sequence[tuple[str, bytes]] | None = None,
     title: str = DEFAULT_TITLE,
     info: Mapping[str, str] | None = None,
+    source: str | os.PathLike | None = None,
 ) -> Path:
     """Write the evaluation report as one self-contained HTML file (atomically).
 
     Args:
-        predictions_csv: the prediction table (see :func:`read_predictions`); its labelled rows
+        predictions: the prediction table (see :func:`read_predictions`), or its rows; the labelled rows
             give the ROC curve and the histograms.
         metrics: :func:`pipeline.evaluation.metrics.classification_metrics` of that table (e.g. from
             :func:`metrics_from_predictions` or the bundle's ``metrics.json``).
@@ -287,15 +298,18 @@ def write_report(
             :func:`pipeline.evaluation.saliency.saliency_montage`; ``None`` or empty leaves the gallery out.
         title: the report's heading.
         info: cohort and model facts shown in the header (e.g. ``{"model": "chestnet", ...}``).
+        source: the table's file, shown in the header (default: ``predictions`` when it is a path).
 
     Returns:
         the path of the report.
     """
-    rows = [r for r in read_predictions(predictions_csv) if r["label"] is not None]
+    if isinstance(predictions, str | os.PathLike):
+        source, predictions = predictions, read_predictions(predictions)
+    rows = [r for r in predictions if r["label"] is not None]
     y = np.array([r["label"] for r in rows], dtype=np.int64)
     p = np.array([r["prob_pneumonia"] for r in rows], dtype=np.float64)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    meta = {**(info or {}), "predictions": os.fspath(predictions_csv), "generated": generated}
+    meta = {**(info or {}), "predictions": os.fspath(source or ""), "generated": generated}
     figures = [
         (_roc_figure(y, p, metrics), "ROC curve with the pointwise 95% bootstrap band; dot: the operating point."),
         (_confusion_figure(metrics["confusion"]), f"Confusion matrix at threshold {metrics['threshold']:g}."),

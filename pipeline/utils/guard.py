@@ -2,7 +2,7 @@
 
 Policy: a run meets every input before it commits to an answer. Header problems are found by
 :mod:`pipeline.data.imagecheck` for all files at once; content problems (:mod:`pipeline.transforms.plausibility`)
-are found while a :class:`CheckedCacheDataset` fills its cache, again for all files at once. Either
+are found while a :class:`~pipeline.data.cache.CheckedCacheDataset` fills its cache, again for all files at once. Either
 way the run is refused with :class:`~pipeline.utils.errors.InputErrors` listing every bad file, and no
 prediction, metric or checkpoint is written for it.
 
@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 
-from monai.data import CacheDataset
+from pipeline.utils.errors import InputError
 
-from pipeline.utils.errors import InputError, InputErrors
-
-__all__ = ["EXIT_BAD_INPUT", "CheckedCacheDataset", "find_input_error", "install"]
+__all__ = ["EXIT_BAD_INPUT", "find_input_error", "install"]
 
 #: Exit status of a run refused for bad input (argparse's status for a bad command line).
 EXIT_BAD_INPUT = 2
@@ -64,35 +62,3 @@ def install() -> None:
     """
     if not getattr(sys.excepthook, "pipeline_guard", False):
         sys.excepthook = _excepthook(sys.excepthook)
-
-
-class CheckedCacheDataset(CacheDataset):
-    """A :class:`~monai.data.CacheDataset` that checks every item while caching and reports all bad ones at once.
-
-    When an item's deterministic transforms (e.g. :class:`~pipeline.transforms.plausibility.CheckChestCTd`) raise an
-    :class:`InputError`, the cache fill goes on; at its end one :class:`InputErrors` lists every bad file.
-    Other exceptions propagate unchanged. Items transformed at run time (``cache_rate < 1``) raise as usual.
-    Arguments are those of :class:`~monai.data.CacheDataset`.
-    """
-
-    _collecting = False
-
-    def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
-        self._collecting = True
-        try:
-            cache = super()._fill_cache(indices)
-        finally:
-            self._collecting = False
-        errors = [item for item in cache if isinstance(item, InputError)]
-        if errors:
-            raise InputErrors(errors)
-        return cache
-
-    def _load_cache_item(self, idx: int):
-        try:
-            return super()._load_cache_item(idx)
-        except Exception as err:
-            found = find_input_error(err)
-            if not self._collecting or found is None:
-                raise
-            return found

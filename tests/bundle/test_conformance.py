@@ -81,26 +81,44 @@ def test_verify_net_in_out_cli() -> None:
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
 
 
+@pytest.fixture(scope="module")
+def bare_bundle(tmp_path_factory) -> Path:
+    """The bundle folder alone, as the model zoo's CI and MONAI Label see it: no cohort, no repository around it."""
+    bare = tmp_path_factory.mktemp("bare") / BUNDLE.name
+    shutil.copytree(BUNDLE, bare, ignore=shutil.ignore_patterns("eval", "logs", "cache"))
+    return bare
+
+
 @pytest.mark.parametrize(
     ("workflow_type", "config_file"),
     [
         ("train", ["train.json"]),
         ("infer", ["inference.json"]),
+        ("infer", ["inference.json", "inference_torchscript.json"]),
         ("eval", ["train.json", "evaluate.json"]),
     ],
 )
-def test_workflow_properties(workflow_type: str, config_file: list[str], tiny_cohort) -> None:
+def test_bare_bundle_initialises_without_data(workflow_type: str, config_file: list[str], bare_bundle, monkeypatch):
+    monkeypatch.chdir(bare_bundle)  # as the zoo runs it: from inside the bundle, bundle_root "."
+    if "inference_torchscript.json" in config_file:
+        run_bundle(
+            "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
+            "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--key_in_ckpt", "model",
+            cwd=bare_bundle,
+        )  # fmt: skip
     workflow = ConfigWorkflow(
         workflow_type=workflow_type,
-        config_file=[str(CONFIGS / name) for name in config_file],
-        meta_file=str(META),
-        logging_file=str(CONFIGS / "logging.conf"),
-        dataset_dir=str(tiny_cohort),
-        spatial_size=[32, 32, 16],
-        cache_workers=1,
+        config_file=[f"configs/{name}" for name in config_file],
+        meta_file="configs/metadata.json",
+        logging_file="configs/logging.conf",
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+    assert not (bare_bundle.parent.parent / "data").exists()
+
+
+def test_metadata_declares_monai_label() -> None:
+    assert "monai-label" in json.loads(META.read_text())["supported_apps"]
 
 
 def test_license_data_licence_and_readme() -> None:

@@ -27,11 +27,12 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.transforms import Compose
 
+from pipeline.data.cache import CheckedCacheDataset
 from pipeline.data.cohort import discover
 from pipeline.data.imagecheck import check_image, check_images
 from pipeline.synth.generate import generate_cohort
 from pipeline.utils.errors import InputError, InputErrors
-from pipeline.utils.guard import CheckedCacheDataset, find_input_error, install
+from pipeline.utils.guard import find_input_error, install
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,168 @@
+"""Transfer: how the trained bundle does on data it never trained, selected or thresholded on.
+
+Three tiers, all from the same checkpoint (``--ckpt-dir``, default the bundle's ``models/``):
+
+1. **Out of generator** (synthetic, labelled): a freshly seeded cohort of the training scanner profile and a
+   ``--scanner shifted`` cohort (2.5-5 mm slices, RAS, sharper kernels, other noise and padding), CT-0 to CT-4,
+   evaluated through the bundle (``python -m monai.bundle run`` with ``evaluate.json``, the stored threshold):
+   AUC with its bootstrap interval, accuracy, and sensitivity per category at the threshold.
+2. **Real scans** in ``../shared/realct`` (third-party, read in place, never copied): P(pneumonia) of each real chest
+   CT without pneumonia (each should fall below the threshold) and of the RICORD 30 mm slabs of COVID-19 positive and
+   negative patients (partial scans: reported, never tuned on). Same chain as the bundle (the checkpoint's record).
+3. **Where it looks**: Grad-CAM of the pneumonia class over each real scan, and the share of its mass that lies on
+   lung voxels (the chain sets everything outside the lung mask to air, 0); a PNG montage.
+
+Example (the README's figures)::
+
+    python -m benchmarks.bench_transfer --per-category 12 --matrix 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from monai.transforms import Compose
+from monai.visualize import GradCAM
+
+from benchmarks.common import BUNDLE, REPO, TRAIN_JSON, write_results
+from pipeline.engine.record import read as read_record
+from pipeline.engine.threshold import load as load_threshold
+from pipeline.evaluation.saliency import last_conv_layer
+from pipeline.inferers.ensemble import load_model_weights
+from pipeline.networks.nets import build_network
+from pipeline.synth.generate import generate_cohort
+from pipeline.transforms.chain import deterministic_transforms, in_channels
+from pipeline.utils.errors import InputError
+
+SHARED = REPO.parent / "shared" / "realct"
+EVALUATE_JSON = BUNDLE / "configs" / "evaluate.json"
+IMAGES = REPO / "docs" / "images"
+
+
+def real_scans(root: Path = SHARED) -> dict[str, list[Path]]:
+    """The real chest CTs by group: normal (no pneumonia), RICORD negative, RICORD positive."""
+    slabs = root / "ricord_slabs"
+    return {
+        "real, no pneumonia": [*sorted((root / "dicom").glob("Lung_Dx-*")), root / "nifti" / "chest_cta_crop.nii.gz"],
+        "RICORD COVID-19 negative (30 mm slab)": sorted((slabs / "covid_negative").glob("patient_*")),
+        "RICORD COVID-19 positive (30 mm slab)": sorted((slabs / "covid_positive").glob("patient_*")),
+    }
+
+
+def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, spatial_size: list[int]) -> dict[str, Any]:
+    """``metrics.json`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir``."""
+    cmd = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", str([str(TRAIN_JSON), str(EVALUATE_JSON)]), "--bundle_root", str(BUNDLE),
+        "--dataset_dir", str(cohort), "--ckpt_dir", str(ckpt_dir), "--output_dir", str(out),
+        "--spatial_size", json.dumps(spatial_size),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"evaluation of {cohort} failed:\n{proc.stderr[-3000:]}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    keep = ("n", "auc", "auc_ci", "accuracy", "sensitivity", "specificity", "threshold")
+    per_category = {c: {"n": m["n"], "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity")}
+                    for c, m in metrics["per_category"].items()}  # fmt: skip
+    return {**{k: metrics.get(k) for k in keep}, "per_category": per_category}
+
+
+def lung_share(cam: np.ndarray, image: np.ndarray) -> float:
+    """Share of the Grad-CAM mass on lung voxels (the chain leaves them above 0; outside the mask is air, 0)."""
+    total = float(cam.sum())
+    return float(cam[image > 0].sum()) / total if total > 0 else float("nan")
+
+
+def score_real(network: torch.nn.Module, chain: Compose, scans: dict[str, list[Path]]) -> tuple[list[dict], list]:
+    """P(pneumonia) and Grad-CAM lung share of every real scan; the (name, image, cam) triples for the figure."""
+    rows, panels = [], []
+    layer = last_conv_layer(network)
+    cam = GradCAM(nn_module=network, target_layers=layer)
+    for group, paths in scans.items():
+        for path in paths:
+            label = f"{path.parent.name}/{path.name}" if "ricord" in str(path) else path.name
+            try:
+                image = chain({"image": str(path)})["image"].float()
+            except InputError as err:
+                rows.append({"group": group, "scan": label, "refused": str(err)})
+                continue
+            x = image[None]
+            with torch.no_grad():
+                prob = float(torch.softmax(network(x), 1)[0, 1])
+            heat = cam(x, class_idx=1)[0, 0].detach().numpy()
+            volume = image[0].numpy()
+            rows.append({"group": group, "scan": label, "p_pneumonia": round(prob, 4),
+                         "gradcam_on_lung": round(lung_share(heat, volume), 3)})  # fmt: skip
+            panels.append((f"{label} P={prob:.2f}", volume, heat))
+    return rows, panels
+
+
+def montage(panels: list, out: Path) -> Path:
+    """One row per scan: the middle axial slice and a coronal slice of the network input with Grad-CAM over it."""
+    fig = Figure(figsize=(4.4, 2.0 * len(panels)), dpi=90)
+    axes = fig.subplots(len(panels), 2, squeeze=False)
+    for (title, volume, heat), (ax_axial, ax_coronal) in zip(panels, axes):
+        k = volume.shape[2] // 2
+        j = volume.shape[1] // 2
+        for ax, img, cam in ((ax_axial, volume[..., k], heat[..., k]), (ax_coronal, volume[:, j, :], heat[:, j, :])):
+            ax.imshow(np.rot90(img), cmap="gray", vmin=0, vmax=0.8)
+            ax.imshow(np.rot90(cam), cmap="jet", vmin=0, vmax=1, alpha=0.35)
+            ax.axis("off")
+        ax_axial.set_title(title, fontsize=7, loc="left")
+    fig.suptitle("Grad-CAM (pneumonia) over the network input of real scans\n(TCIA Lung-PET-CT-Dx, TotalSegmentator, "
+                 "MIDRC-RICORD)", fontsize=7)  # fmt: skip
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt-dir", type=Path, default=BUNDLE / "models")
+    parser.add_argument("--per-category", type=int, default=12)
+    parser.add_argument("--matrix", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=101, help="seed of the fresh cohort (not the training seed 0)")
+    parser.add_argument("--shifted-seed", type=int, default=202)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the cohorts and outputs (default: temp)")
+    parser.add_argument("--figure", type=Path, default=IMAGES / "transfer_real_gradcam.png")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    work = args.work or Path(tempfile.mkdtemp(prefix="transfer-"))
+    model = args.ckpt_dir / "model.pt"
+    record = read_record(model)
+    prep = record["preprocessing"]
+    results: dict[str, Any] = {"checkpoint": str(model), "record": record, "threshold": load_threshold([model])}
+    for name, seed, scanner in (("fresh seed", args.seed, "mosmed"), ("shifted scanner", args.shifted_seed, "shifted")):
+        cohort = work / name.replace(" ", "_")
+        if not (cohort / "dataset_registry.csv").is_file():
+            generate_cohort(cohort, per_category=args.per_category, seed=seed, matrix=args.matrix, scanner=scanner,
+                            workers=2, progress=False)  # fmt: skip
+        results[name] = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", prep["spatial_size"])
+        print(name, json.dumps(results[name]), flush=True)
+    network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
+    load_model_weights(network, model).eval()
+    if SHARED.is_dir():
+        chain = Compose(deterministic_transforms(**prep, dtype=torch.float32))
+        results["real"], panels = score_real(network, chain, real_scans())
+        for row in results["real"]:
+            print(json.dumps(row), flush=True)
+        results["figure"] = str(montage(panels, args.figure).relative_to(REPO))
+    else:
+        results["real"] = f"skipped: {SHARED} not found"
+    print("results:", write_results("transfer", results))
+
+
+if __name__ == "__main__":
+    main()

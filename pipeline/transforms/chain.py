@@ -1,0 +1,118 @@
+"""The deterministic preprocessing chain: one definition for training, evaluation, inference and TorchScript.
+
+:func:`deterministic_transforms` builds, for a channel-first HU volume loaded from a NIfTI file or DICOM
+series folder (shapes for a MosMedData study):
+
+1. ``LoadImaged`` ``(1, 512, 512, 33..54)`` HU, then ``CheckChestCTd`` (refuses what is not a chest CT in HU);
+2. ``Orientationd`` RAS;
+3. :class:`~pipeline.transforms.spatial.ResampleToSpacingd` to ``pixdim`` mm, anti-aliased, so 0.6 mm and 8 mm
+   scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm);
+4. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope;
+5. ``CropForegroundd`` to the lungs' bounding box plus ``lung_margin_mm``;
+6. ``ScaleIntensityRanged``: HU ``hu_window`` to [0, 1], clipped;
+7. outside the lungs: ``"air"`` sets it to 0 (air, -1000 HU; ``MaskIntensityd``), ``"channel"`` keeps it and adds
+   the lung mask as a second channel, ``"keep"`` keeps it (the tutorial's whole-volume input, no crop either);
+8. ``Resized`` to ``spatial_size`` (anti-aliased), cast to ``dtype`` (float16: what the cache holds; every
+   engine casts to float32 on the device, so all routes feed the network the same tensor).
+
+The parameters are the checkpoint's record (:mod:`pipeline.engine.record`); :data:`RECORDED` names them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    ConcatItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureTyped,
+    LoadImaged,
+    MaskIntensityd,
+    Orientationd,
+    Resized,
+    ScaleIntensityRanged,
+    Transform,
+)
+
+from pipeline.transforms.lung import LungMaskd
+from pipeline.transforms.plausibility import CheckChestCTd
+from pipeline.transforms.spatial import ResampleToSpacingd
+
+__all__ = ["OUTSIDE_LUNG", "RECORDED", "deterministic_transforms", "in_channels", "lung_or_all"]
+
+#: What happens to everything outside the lung mask.
+OUTSIDE_LUNG = ("air", "channel", "keep")
+#: The parameters of :func:`deterministic_transforms` that change what the network sees (the checkpoint records them).
+RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung")
+_LUNG = "lung"
+
+
+def lung_or_all(mask: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """``CropForeground``'s selector: the lung mask, or every voxel when it is empty (then nothing is cropped)."""
+    selected = mask > 0
+    return selected if bool(selected.any()) else selected | True
+
+
+def in_channels(outside_lung: str) -> int:
+    """Network input channels for an ``outside_lung`` mode: 2 for ``"channel"`` (image + lung mask), else 1."""
+    if outside_lung not in OUTSIDE_LUNG:
+        raise ValueError(f"outside_lung must be one of {OUTSIDE_LUNG}, got {outside_lung!r}")
+    return 2 if outside_lung == "channel" else 1
+
+
+def deterministic_transforms(
+    spatial_size: Sequence[int] = (128, 128, 64),
+    hu_window: Sequence[float] = (-1000.0, 400.0),
+    pixdim: Sequence[float] = (2.0, 2.0, 4.0),
+    lung_margin_mm: float = 10.0,
+    outside_lung: str = "air",
+    dtype: torch.dtype = torch.float16,
+    keys: str = "image",
+    load: bool = True,
+    check_chest: bool = True,
+) -> list[Transform]:
+    """The chain above, as a list of MONAI dictionary transforms on ``keys``.
+
+    Args:
+        spatial_size: network input ``(H, W, D)`` voxels.
+        hu_window: HU mapped to 0 and 1 (clipped).
+        pixdim: spacing (mm) the scan is resampled to before the lung mask and the crop.
+        lung_margin_mm: margin around the lungs' bounding box.
+        outside_lung: one of :data:`OUTSIDE_LUNG`.
+        dtype: output dtype.
+        load: start with ``LoadImaged`` (``False`` for in-memory volumes that are already channel-first MetaTensors).
+        check_chest: refuse volumes that are not a chest CT in HU.
+    """
+    in_channels(outside_lung)  # validates the mode
+    margin = [int(np.ceil(lung_margin_mm / p)) for p in pixdim]
+    chain: list[Transform] = []
+    if load:
+        chain.append(LoadImaged(keys, image_only=True, ensure_channel_first=True))
+    if check_chest:
+        chain.append(CheckChestCTd(keys))
+    chain += [Orientationd(keys, axcodes="RAS"), ResampleToSpacingd(keys, pixdim=pixdim)]
+    window = ScaleIntensityRanged(keys, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True)
+    if outside_lung == "keep":
+        chain.append(window)
+    else:
+        chain += [
+            LungMaskd(keys, mask_key=_LUNG),
+            CropForegroundd([keys, _LUNG], source_key=_LUNG, select_fn=lung_or_all, margin=margin, allow_smaller=True),
+            window,
+        ]
+        if outside_lung == "air":
+            chain += [MaskIntensityd(keys, mask_key=_LUNG), DeleteItemsd(_LUNG)]
+        else:
+            chain += [
+                EnsureTyped(_LUNG, dtype=torch.float32),
+                ConcatItemsd([keys, _LUNG], name=keys),
+                DeleteItemsd(_LUNG),
+            ]
+    chain += [
+        Resized(keys, spatial_size=tuple(spatial_size), mode="trilinear", anti_aliasing=True),
+        EnsureTyped(keys, dtype=dtype),
+    ]
+    return chain
