@@ -91,5 +91,7 @@ class CheckpointLoader(_MonaiCheckpointLoader):
         load_weights_only(self.load_path)  # refuses missing, corrupt and unsafe files before MONAI reads them
         try:
             super().__call__(engine)
+        except InputError as err:  # e.g. a preprocessing record that differs from this run's
+            raise InputError(self.load_path, err.problem) from err
         except (RuntimeError, KeyError, ValueError) as err:
             raise InputError(self.load_path, f"does not fit this network ({str(err).strip().splitlines()[0]})") from err

@@ -17,6 +17,7 @@ import ignite.distributed as idist
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.engines import Workflow
 from monai.engines.utils import default_prepare_batch
 
 from pipeline.utils.atomic import atomic_write_bytes, atomic_write_text
@@ -144,3 +145,14 @@ class LearningCurves:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         return atomic_write_bytes(self.output_dir / "learning_curves.png", buf.getvalue())
+
+
+def set_data(engine: Workflow, datalist: Sequence[dict]) -> None:
+    """Fill ``engine``'s dataset with ``datalist`` and size its epoch to match, when a run starts.
+
+    The bundle builds its datasets empty, so a config parses (and ``ConfigWorkflow.initialize()`` works) with no
+    cohort anywhere; MONAI's workflows skip a run whose ``epoch_length`` is 0, so it is set here from the filled
+    data loader.
+    """
+    engine.data_loader.dataset.set_data(datalist)
+    engine.state.epoch_length = len(engine.data_loader)

@@ -34,7 +34,7 @@ class ChainRecord:
     Args:
         network_name: the network (``pipeline.networks.nets.build_network`` name).
         preprocessing: the keyword arguments of :func:`pipeline.transforms.chain.deterministic_transforms`.
-        source: a name for messages (the checkpoint path), filled by :meth:`load_state_dict`'s caller.
+        source: the name :meth:`load_state_dict`'s error gives (``CheckpointLoader`` re-raises it naming its file).
     """
 
     def __init__(self, network_name: str, preprocessing: Mapping[str, Any], source: str = "checkpoint") -> None:
