@@ -66,7 +66,9 @@ def test_metadata_versions_are_the_installed_ones() -> None:
 
 def test_metadata_classes_match_the_configs() -> None:
     meta = json.loads(META.read_text())["network_data_format"]
-    class_names = json.loads((CONFIGS / "inference.json").read_text())["class_names"]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    class_names = parser.get_parsed_content("class_names")
     for section in ("outputs", "post_processed_outputs"):
         pred = meta[section]["pred"]
         assert pred["num_channels"] == len(class_names)

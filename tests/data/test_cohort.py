@@ -38,10 +38,10 @@ def test_mosmed_layout(mosmed_layout):
     studies = discover(mosmed_layout)
     assert Counter(s.category for s in studies) == {"CT-0": 4, "CT-1": 4, "CT-2": 4, "CT-3": 4}
     items = to_items(studies)
-    assert Counter(it["label"] for it in items) == {0: 4, 1: 8}  # CT-1 left out by default
-    assert {it["category"] for it in items if it["label"] == 1} == {"CT-2", "CT-3"}
-    items = to_items(studies, normal=["CT-0"], abnormal=["CT-1", "CT-2", "CT-3", "CT-4"])
-    assert Counter(it["label"] for it in items) == {0: 4, 1: 12}
+    assert Counter(it["label"] for it in items) == {0: 4, 1: 12}  # CT-0 against every severity by default
+    assert {it["category"] for it in items if it["label"] == 1} == {"CT-1", "CT-2", "CT-3"}
+    items = to_items(studies, normal=["CT-0"], abnormal=["CT-2", "CT-3"])  # the tutorial's task
+    assert Counter(it["label"] for it in items) == {0: 4, 1: 8}
     assert discover(mosmed_layout / "studies") == studies
 
 
@@ -138,7 +138,7 @@ def test_datalist_cli_folds_and_bad_input(tmp_path, mosmed_layout, capsys):
     out = tmp_path / "folds.json"
     assert main(["datalist", str(mosmed_layout), "--out", str(out), "--folds", "4"]) == 0
     assert sorted({it["fold"] for it in read_datalist(out)["training"]}) == [0, 1, 2, 3]
-    assert len(load_split(datalist=str(out), fold=2)["validation"]) == 3
+    assert len(load_split(datalist=str(out), fold=2)["validation"]) == 4
     (mosmed_layout / "studies" / "CT-0" / "study_0001.nii.gz").write_bytes(b"")
     bad_out = tmp_path / "bad.json"
     assert main(["datalist", str(mosmed_layout), "--out", str(bad_out)]) == 2
