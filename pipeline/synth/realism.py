@@ -621,7 +621,9 @@ WHOLE_SCAN_FIGURES = ("lung_volume_ml", "lung_height_mm", "lung_lr_ratio")
 def verdicts(records: Sequence[dict], groups: Sequence[str]) -> tuple[str, dict[str, str]]:
     """Where the median of the normal synthetic group (``CT-0``, else the first synthetic one) falls against the
     range of the real non-COVID scans ("real normal" and "RICORD negative"; "real normal" alone for
-    :data:`WHOLE_SCAN_FIGURES`): ``"within"``, ``"above (+x)"`` or ``"below (-x)"``, x the distance to the range."""
+    :data:`WHOLE_SCAN_FIGURES`): ``"within"``, ``"above (+x)"`` or ``"below (-x)"``, x the distance to the range,
+    followed by the real scans' median (``"; real median y"``): a wide real range can hold a median far from
+    the real ones."""
     synth = [g for g in groups if g not in REAL_GROUPS]
     if not synth:
         return "", {}
@@ -636,11 +638,12 @@ def verdicts(records: Sequence[dict], groups: Sequence[str]) -> tuple[str, dict[
             continue
         m = float(np.median(mine))
         if m > ref.max():
-            out[key] = f"above (+{_fmt(m - ref.max(), key)})"
+            where = f"above (+{_fmt(m - ref.max(), key)})"
         elif m < ref.min():
-            out[key] = f"below (-{_fmt(ref.min() - m, key)})"
+            where = f"below (-{_fmt(ref.min() - m, key)})"
         else:
-            out[key] = "within"
+            where = "within"
+        out[key] = f"{where}; real median {_fmt(float(np.median(ref)), key)}"
     return target, out
 
 
@@ -878,6 +881,12 @@ DOC_GUIDE = """How to read it:
   Nyquist frequency (pixels over 1.56 mm for the 3-6 mm band) reads `-`.
 - Noise depends on pixel size and kernel: compare "noise, soft tissue (1.5 mm pixel)" across groups;
   scanners that clip air at -1024 HU read low in "noise, air".
+- The last column places the CT-0 median against the range (and median) of the real non-COVID scans,
+  "real normal" and "RICORD negative" (lung volume, height and left/right against "real normal" only).
+  Three real normal scans make a narrow reference: read "within" as "not ruled out".
+- The shared mask reaches the rib cage around the lungs, so at the apices and bases it holds some soft
+  tissue (heart, liver dome): that part of the lung HU histogram above -100 HU, "thick dense" and the
+  left/right ratio of the real scans carry it; a synthetic lung with flat bases carries less of it.
 """
 
 

@@ -101,8 +101,8 @@ def test_verdicts_place_the_normal_synthetic_median_against_the_real_range():
     ]
     target, marks = realism.verdicts(records, ["real normal", "RICORD negative", "CT-0", "CT-2"])
     assert target == "CT-0"
-    assert marks["lung_hu_median"] == "above (+55.0)"
-    assert marks["lung_volume_ml"] == "within"
+    assert marks["lung_hu_median"] == "above (+55.0); real median -800"
+    assert marks["lung_volume_ml"] == "within; real median 4500"
     assert marks["noise_hu"] == "-"
 
 
