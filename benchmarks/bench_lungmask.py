@@ -1,0 +1,98 @@
+"""The classical lung mask on MosMedData-geometry studies: seconds per study, and what it covers.
+
+Studies of ``512 x 512 x 33..54`` voxels (0.58-1.15 mm pixels, 8 mm slices, int16 HU) are generated with
+:func:`pipeline.synth.phantom.generate_study` and turned RAS as ``Orientationd`` would. On each, this times
+:func:`pipeline.transforms.lung.lung_mask` (median over ``repeats`` calls after one warm-up, wall and CPU
+seconds: on a shared machine the wall time includes waiting for a core, the CPU time does not) and records
+the share of the lesion voxels inside the mask and the mask volume over the phantom's true lung volume.
+The target is 0.2 s per study on 2 cores. Example::
+
+    python -m benchmarks.bench_lungmask --studies 5 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import THREADS, median, write_results
+from pipeline.synth.phantom import generate_study
+from pipeline.transforms.lung import lung_mask
+
+CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+
+
+def ras_study(category: str, seed: int, matrix: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A synthetic study turned RAS: ``(image, lesion mask, spacing, true lung voxels)``."""
+    study = generate_study(category, seed, matrix=matrix)
+    flip = 1 if study.affine[0, 0] > 0 else -1
+    image = np.ascontiguousarray(study.image[::flip])
+    lesion = np.ascontiguousarray(study.mask[::flip]).astype(bool)
+    return image, lesion, np.abs(np.diag(study.affine)[:3]), int(study.params["lung_voxels"])
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return median(wall), median(cpu)
+
+
+def run(studies: int, repeats: int, matrix: int = 512) -> dict[str, Any]:
+    """Time and score the mask on ``studies`` studies (categories in turn, seed = study index)."""
+    rows = []
+    for index in range(studies):
+        category = CATEGORIES[index % len(CATEGORIES)]
+        image, lesion, spacing, lung_voxels = ras_study(category, index, matrix)
+        wall, cpu = timed(lambda image=image, spacing=spacing: lung_mask(image, spacing), repeats)
+        mask = lung_mask(image, spacing)
+        rows.append(
+            {
+                "category": category,
+                "seed": index,
+                "shape": list(image.shape),
+                "spacing_mm": [round(float(s), 3) for s in spacing],
+                "seconds": round(wall, 4),
+                "cpu_seconds": round(cpu, 4),
+                "lesion_inside": round(float((mask & lesion).sum() / lesion.sum()), 4) if lesion.any() else None,
+                "volume_over_true_lungs": round(float(mask.sum() / lung_voxels), 3),
+            }
+        )
+    return {
+        "matrix": matrix,
+        "repeats": repeats,
+        "studies": rows,
+        "seconds_per_study": {
+            "median": round(median([row["seconds"] for row in rows]), 4),
+            "cpu_median": round(median([row["cpu_seconds"] for row in rows]), 4),
+            "cpu_max": max(row["cpu_seconds"] for row in rows),
+        },
+        "target_seconds": 0.2,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, run the benchmark, write ``results/lungmask.json``; return the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="2 studies, 3 repeats")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    results = run(2, 3) if args.quick else run(args.studies, args.repeats)
+    write_results("lungmask", results)
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(), indent=2))

@@ -1,0 +1,173 @@
+"""lung_mask / LungMask / LungMaskd: lesions inside the mask, a sensible size, real chests found, odd inputs."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import LoadImage, Orientation
+from scipy import ndimage
+
+from pipeline.synth.phantom import generate_study
+from pipeline.transforms.lung import LungMask, LungMaskd, lung_mask, lung_volume_ml
+from pipeline.utils.errors import InputError
+
+REALCT = Path(__file__).resolve().parents[2].parent / "shared" / "realct"
+CATEGORIES = ("CT-1", "CT-2", "CT-3", "CT-4")
+SEEDS = (0, 1, 2)
+
+
+@cache
+def phantom(category: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """A 128-matrix synthetic study turned RAS: ``(image, lesion mask, spacing, true lung voxels)``."""
+    study = generate_study(category, seed, matrix=128)
+    flip = 1 if np.diag(study.affine)[0] > 0 else -1  # MosMedData is LAS: reverse axis 0
+    image = np.ascontiguousarray(study.image[::flip])
+    lesion = np.ascontiguousarray(study.mask[::flip]).astype(bool)
+    return image, lesion, np.abs(np.diag(study.affine)[:3]), int(study.params["lung_voxels"])
+
+
+@cache
+def real(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A volume of ../shared/realct loaded as the pipeline does (LoadImage, RAS): ``(X, Y, Z) HU, spacing``."""
+    path = REALCT / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real CT is read from ../shared/realct, never copied into the repo)")
+    img = Orientation(axcodes="RAS")(LoadImage(image_only=True, ensure_channel_first=True)(str(path)))
+    return img[0].numpy(), np.asarray(img.pixdim, dtype=float)
+
+
+def components_ml(mask: np.ndarray, spacing: np.ndarray) -> list[tuple[float, float]]:
+    """``(volume mL, centroid x in voxels)`` of the connected components of ``mask``, largest first."""
+    labels, n = ndimage.label(mask)
+    sizes = np.bincount(labels.ravel())[1:]
+    centres = ndimage.center_of_mass(mask, labels, range(1, n + 1))
+    found = [(float(s * np.prod(spacing) / 1000.0), float(c[0])) for s, c in zip(sizes, centres, strict=True)]
+    return sorted(found, reverse=True)
+
+
+# --- synthetic studies --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_lesions_lie_inside_the_mask_in_every_category(category):
+    inside = total = 0
+    for seed in SEEDS:
+        image, lesion, spacing, _ = phantom(category, seed)
+        mask = lung_mask(image, spacing)
+        study_cover = (mask & lesion).sum() / max(lesion.sum(), 1)
+        assert study_cover > 0.85, (category, seed, study_cover)
+        inside, total = inside + (mask & lesion).sum(), total + lesion.sum()
+    assert inside / total >= 0.95, (category, inside / total)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_healthy_lungs_are_not_much_larger_than_the_true_lungs(seed):
+    image, _, spacing, lung_voxels = phantom("CT-0", seed)
+    mask = lung_mask(image, spacing)
+    assert 0.9 < mask.sum() / lung_voxels < 1.25
+    assert len([c for c in components_ml(mask, spacing) if c[0] > 100]) == 2
+
+
+def test_deterministic():
+    image, _, spacing, _ = phantom("CT-3", 0)
+    assert np.array_equal(lung_mask(image, spacing), lung_mask(image.copy(), spacing))
+
+
+# --- real scans (../shared/realct) ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,litres",
+    [
+        ("dicom/Lung_Dx-A0001_chest_5mm", (2.0, 8.0)),
+        ("dicom/Lung_Dx-A0002_thorax_8mm_B40f", (2.0, 8.0)),
+        ("nifti/chest_cta_crop.nii.gz", (1.0, 8.0)),  # a crop through both lungs: part of them
+    ],
+)
+def test_real_chests_have_two_lungs_either_side_of_the_midline(name, litres):
+    volume, spacing = real(name)
+    mask = lung_mask(volume, spacing)
+    (big, x_big), (second, x_second) = components_ml(mask, spacing)[:2]
+    assert second > 0.3 * big
+    centre = (volume.shape[0] - 1) / 2
+    assert (x_big - centre) * (x_second - centre) < 0
+    assert litres[0] < lung_volume_ml(mask, spacing) / 1000.0 < litres[1]
+
+
+def test_real_abdomen_has_almost_no_lung_and_no_bowel_gas():
+    volume, spacing = real("nifti/abdomen_ct.nii.gz")
+    mask = lung_mask(volume, spacing)
+    assert lung_volume_ml(mask, spacing) < 400.0  # the lung bases in the top slices at most
+    assert not mask[..., : int(0.75 * volume.shape[2])].any()  # bowel gas fills the rest of the scan
+
+
+@pytest.mark.parametrize(
+    "patient", [f"covid_positive/patient_{i}" for i in (1, 2, 3)] + [f"covid_negative/patient_{i}" for i in range(1, 6)]
+)
+def test_ricord_slabs_have_both_lungs_with_their_opacities(patient):
+    volume, spacing = real(f"ricord_slabs/{patient}")
+    mask = lung_mask(volume, spacing)
+    (_, x_big), (second, x_second) = components_ml(mask, spacing)[:2]
+    centre = (volume.shape[0] - 1) / 2
+    assert second > 100.0 and (x_big - centre) * (x_second - centre) < 0
+    # the aerated lung next to the mask is in it: nothing of the lungs is left out beside their opacities
+    aerated = (volume < -600) & ndimage.binary_dilation(mask, iterations=3)
+    assert (mask & aerated).sum() > 0.97 * aerated.sum()
+
+
+# --- the transforms and odd inputs -----------------------------------------------------------------------------
+
+
+def test_transform_keeps_the_type_and_meta_data():
+    image, _, spacing, _ = phantom("CT-2", 1)
+    affine = np.diag([*spacing, 1.0])
+    img = MetaTensor(torch.from_numpy(image[None].astype(np.float32)), affine=affine, meta={"filename_or_obj": "a"})
+    out = LungMask()(img)
+    assert isinstance(out, MetaTensor) and out.dtype == torch.uint8 and out.shape == img.shape
+    assert np.allclose(out.affine, affine) and out.meta["filename_or_obj"] == "a"
+    expected = lung_mask(image, spacing)
+    assert np.array_equal(out[0].numpy() > 0, expected)
+    array_out = LungMask(spacing)(image[None])
+    assert isinstance(array_out, np.ndarray) and array_out.dtype == np.uint8
+    assert np.array_equal(array_out[0] > 0, expected)
+    d = LungMaskd("image")({"image": img})
+    assert np.array_equal(d["lung"][0].numpy() > 0, expected) and d["image"] is img
+    d = LungMaskd("image", mask_key="m")({"image": image[None], "image_meta_dict": {"affine": affine}})
+    assert np.array_equal(d["m"][0] > 0, expected)
+
+
+def test_bad_inputs_are_refused_naming_the_file():
+    with pytest.raises(InputError, match="no voxel spacing"):
+        LungMask()(np.zeros((1, 8, 8, 8), np.float32))
+    img = MetaTensor(torch.zeros(8, 8, 8), meta={"filename_or_obj": "scan.nii.gz"})
+    with pytest.raises(InputError, match="channel-first") as err:
+        LungMask()(img)
+    assert err.value.path == "scan.nii.gz"
+    with pytest.raises(InputError, match="spacing"):
+        lung_mask(np.zeros((8, 8, 8)), (1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    "volume",
+    [
+        np.full((32, 32, 8), -1000.0),  # air only
+        np.zeros((32, 32, 8), np.int16),  # water only
+        np.random.default_rng(0).integers(-1000, 400, (16, 16, 8)).astype(np.int16),  # tiny noise
+        np.full((1, 1, 1), -800.0),
+    ],
+)
+def test_no_lungs_gives_an_empty_mask(volume):
+    mask = lung_mask(volume, (0.8, 0.8, 8.0))
+    assert mask.shape == volume.shape and mask.dtype == bool and not mask.any()
+
+
+def test_volume_in_millilitres():
+    mask = np.zeros((1, 10, 10, 10), np.uint8)
+    mask[0, :5] = 1
+    assert lung_volume_ml(mask, (2.0, 2.0, 5.0)) == pytest.approx(500 * 20 / 1000)
+    assert lung_volume_ml(torch.from_numpy(mask), (2.0, 2.0, 5.0)) == pytest.approx(10.0)
