@@ -37,6 +37,11 @@ SLICE_SPACING_MM = 8.0
 #: Slice counts and in-plane pixel spacing (mm, at a 512 matrix) seen in MosMedData.
 SLICE_RANGE = (33, 54)
 PIXEL_RANGE_512 = (0.58, 1.15)
+#: Lung height in mm from the costophrenic recesses to the apices (adults, CT at inspiration).
+LUNG_HEIGHT_MM = (215.0, 295.0)
+#: Scan margins in mm below the costophrenic recesses (domes and upper abdomen) and above the apices.
+BELOW_LUNG_MM = (5.0, 35.0)
+ABOVE_LUNG_MM = (5.0, 30.0)
 #: Largest working grid (pixels a side) on which anatomy is built before upsampling.
 WORK_MAX = 256
 HU_MIN, HU_MAX = -1024, 3071
@@ -92,7 +97,7 @@ SCANNERS: dict[str, ScannerProfile] = {
         slice_mm=(SLICE_SPACING_MM, SLICE_SPACING_MM),
         kernels=("smooth", "standard", "sharp"),
         kernel_p=None,
-        noise_hu=(10.0, 40.0),
+        noise_hu=(5.0, 18.0),
         padding_hu=(-3024, -2048, -2000, -1024),
         orientation="LAS",
         matrix=512,
@@ -240,12 +245,13 @@ def draw_nuisance(
     the coverage is ``n_slices`` times the spacing).
     """
     u = rng.uniform
-    n_ref = int(rng.integers(SLICE_RANGE[0], SLICE_RANGE[1] + 1)) if n_slices is None else None
     pixel_512 = u(*PIXEL_RANGE_512)
     fov = 512 * pixel_512
-    # MosMedData coverage: from just above the apices to just below the diaphragm domes
-    lung_base = u(0.0, 2 * SLICE_SPACING_MM)
-    top_margin = u(-SLICE_SPACING_MM, 2.5 * SLICE_SPACING_MM)
+    # lung height (costophrenic recess to apex) drawn on its own, then the scan planned around it as
+    # in MosMedData: from above the apices (lower neck) to below the costophrenic recesses (upper abdomen)
+    lung_height = u(*LUNG_HEIGHT_MM)
+    below_mm = u(*BELOW_LUNG_MM)
+    above_mm = u(*ABOVE_LUNG_MM)
     kernel = str(rng.choice(list(scanner.kernels), p=scanner.kernel_p))
     # inspiration level: deeper breath = lower domes and darker lungs (real normals: median -850..-790 HU)
     inspiration = u(0.0, 1.0)
@@ -254,9 +260,9 @@ def draw_nuisance(
         "pixel_mm": fov / matrix,
         "fov_mm": fov,
         # body: lateral / AP semi-axes (mm), capped so the lungs stay in the field of view
-        "body_a": min(u(135.0, 185.0), 0.52 * fov),
+        "body_a": min(u(145.0, 185.0), 0.52 * fov),
         "body_b_ratio": u(0.62, 0.78),
-        "fat_mm": u(3.0, 20.0),
+        "fat_mm": u(3.0, 16.0),
         "muscle_mm": u(5.0, 11.0),
         "rotation_deg": u(-6.0, 6.0),
         "shift_x_mm": u(-15.0, 15.0),
@@ -264,13 +270,14 @@ def draw_nuisance(
         "table_gap_mm": u(5.0, 40.0),
         # breathing: base position in the scan, parenchymal density (lung height below)
         "inspiration": inspiration,
-        "lung_base_mm": lung_base,
         "dome_mm": 50.0 - 20.0 * inspiration + u(-6.0, 6.0),
         "right_dome_extra_mm": u(5.0, 20.0),
         "lung_hu": -790.0 - 75.0 * inspiration + u(-12.0, 12.0),
-        "lung_texture_hu": u(3.0, 7.0),
+        "lung_texture_hu": u(6.0, 12.0),
+        # secondary-lobule-scale heterogeneity (5-15 mm): lobules, small vessels below the resolution
+        "lung_lobular_hu": u(12.0, 24.0),
         "lung_regional_hu": u(4.0, 12.0),
-        "dependent_hu": u(20.0, 90.0),
+        "dependent_hu": u(15.0, 75.0),
         "dependent_mm": u(6.0, 16.0),
         "mediastinum_mm": u(18.0, 28.0),
         "heart_scale": u(0.9, 1.15),
@@ -301,9 +308,24 @@ def draw_nuisance(
         p[f"mimic_{name}"] = bool(rng.random() < rate)
     lo, hi = scanner.slice_mm
     dz = lo if lo == hi else u(lo, hi)
-    n = int(n_slices) if n_ref is None else max(1, round(n_ref * SLICE_SPACING_MM / dz))
-    extent = n_ref * SLICE_SPACING_MM if n_ref is not None else n * dz
-    p.update(slice_mm=dz, n_slices=n, coverage_mm=extent, lung_height_mm=extent - top_margin - lung_base)
+    if n_slices is None:
+        # MosMedData slice count (8 mm) covering lungs and margins; a short plan is extended both ways
+        need = lung_height + below_mm + above_mm
+        n_ref = int(np.clip(np.ceil(need / SLICE_SPACING_MM) + 1, *SLICE_RANGE))
+        extent = n_ref * SLICE_SPACING_MM
+        below_mm += 0.5 * max(extent - SLICE_SPACING_MM - need, 0.0)
+        n = max(1, round(extent / dz))
+    else:
+        # forced slice count (tests): the lungs fill what the coverage leaves after the margins
+        n = int(n_slices)
+        extent = n * dz
+        spare = max((n - 1) * dz, 1.0)
+        lung_height = min(lung_height, max(spare - below_mm - above_mm, 0.6 * spare))
+        below_mm = min(below_mm, max(spare - lung_height, 0.0) * 0.6)
+    # slice centres run from 0 to (n - 1) * dz
+    top_margin = (n - 1) * dz - below_mm - lung_height
+    p.update(slice_mm=dz, n_slices=n, coverage_mm=extent, lung_base_mm=below_mm, lung_height_mm=lung_height)
+    p["top_margin_mm"] = top_margin
     return p
 
 
@@ -332,7 +354,7 @@ def draw_lesions(rng: np.random.Generator, category: str) -> dict[str, Any]:
         "target_fraction": target,
         "n_patches": int(1 + rng.poisson(1.5 + 40.0 * target)),
         # diffuse (CT-4) ground glass is fainter on the whole: some lung stays aerated (below -600 HU)
-        "ggo_hu": u(-700.0, -540.0) if category == "CT-4" else u(-650.0, -380.0),
+        "ggo_hu": u(-720.0, -580.0) if category == "CT-4" else u(-650.0, -380.0),
         "ggo_var_hu": u(20.0, 60.0),
         "margin_mm": u(2.0, 5.0),
         "consolidation_share": u(0.0, 0.08) if mild else u(0.0, 0.25),
@@ -658,7 +680,8 @@ def generate_study(
         return to_index(pts) - np.array([i0, j0, 0])
 
     # parenchyma: smooth, a little regional variation, dependent density at the back and bases
-    lung_tex = smooth_field(rng, cshape, 2.0, spacing)
+    lung_tex = smooth_field(rng, cshape, 1.5, spacing)
+    lobular = smooth_field(rng, cshape, 3.5, spacing)
     regional = smooth_field(rng, cshape, 25.0, spacing)
     basal = np.clip((base + p["dome_mm"] + 40 - z) / 80.0, 0, 1)
     posterior = 1 / (1 + np.exp(yc / 20.0))
@@ -668,7 +691,13 @@ def generate_study(
         dependent = dependent + band_hu * np.exp(-cdepth / band_mm) * (1 / (1 + np.exp((yc + 0.25 * b) / 8.0))) * (
             0.5 + 0.5 * basal
         )
-    lung_hu = p["lung_hu"] + p["lung_texture_hu"] * lung_tex + p["lung_regional_hu"] * regional + dependent
+    lung_hu = (
+        p["lung_hu"]
+        + p["lung_texture_hu"] * lung_tex
+        + p["lung_lobular_hu"] * lobular
+        + p["lung_regional_hu"] * regional
+        + dependent
+    )
 
     # lung voxels (crop indices) and their body coordinates, for placing findings
     lung_idx = np.argwhere(lung_c)
