@@ -107,8 +107,10 @@ def shard(items: Sequence, ctx: DistContext, shuffle: bool, seed: int = 0, even:
 
 
 def cleanup() -> None:
-    """Leave the process group (the ``finalize`` step of the bundle)."""
+    """Leave the process group (the ``finalize`` step of the bundle); rank 0 first says who took part."""
     if dist.is_initialized():
+        if dist.get_rank() == 0:
+            print("trained on", dist.get_world_size(), "processes with backend", dist.get_backend(), flush=True)
         dist.destroy_process_group()
 
 
