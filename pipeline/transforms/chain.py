@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from monai.data import NibabelReader
 from monai.transforms import (
     ConcatItemsd,
     CropForegroundd,
@@ -41,13 +42,38 @@ from pipeline.transforms.lung import LungMaskd
 from pipeline.transforms.plausibility import CheckChestCTd
 from pipeline.transforms.spatial import ResampleToSpacingd, SmoothResized
 
-__all__ = ["OUTSIDE_LUNG", "RECORDED", "deterministic_transforms", "in_channels", "lung_or_all"]
+__all__ = ["OUTSIDE_LUNG", "RECORDED", "NiftiReader", "deterministic_transforms", "in_channels", "lung_or_all"]
 
 #: What happens to everything outside the lung mask.
 OUTSIDE_LUNG = ("air", "channel", "keep")
 #: The parameters of :func:`deterministic_transforms` that change what the network sees (the checkpoint records them).
 RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung")
 _LUNG = "lung"
+
+
+class NiftiReader(NibabelReader):
+    """MONAI's ``NibabelReader`` whose voxels come C-ordered in ``dtype``, converted a slab of slices at a time.
+
+    A NIfTI volume is stored first axis fastest; ``LoadImage`` makes it C-ordered and float32 in two passes over
+    the whole 512 x 512 x ~45 volume, with its last axis (41 slices) now fastest: about 0.06 s a study. Copying
+    it 8 slices at a time into a C-ordered float32 array takes half that, and gives the same values (the
+    meta data is ``NibabelReader``'s). Other arrays (4D, or on the GPU) are left to ``LoadImage``.
+    """
+
+    SLAB = 8
+
+    def __init__(self, dtype: np.dtype | type = np.float32, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.dtype = np.dtype(dtype)
+
+    def _get_array_data(self, img, filename):
+        data = super()._get_array_data(img, filename)
+        if not isinstance(data, np.ndarray) or data.ndim != 3 or data.flags.c_contiguous:
+            return data
+        out = np.empty(data.shape, self.dtype)
+        for start in range(0, data.shape[2], self.SLAB):
+            out[:, :, start : start + self.SLAB] = data[:, :, start : start + self.SLAB]
+        return out
 
 
 def lung_or_all(mask: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -95,7 +121,9 @@ def deterministic_transforms(
     margin = [int(np.ceil(lung_margin_mm / p)) for p in pixdim]
     chain: list[Transform] = []
     if load:
-        chain.append(LoadImaged(keys, image_only=True, ensure_channel_first=True))
+        loader = LoadImaged(keys, image_only=True, ensure_channel_first=True)
+        loader.register(NiftiReader(np.float32))  # chosen first for .nii/.nii.gz; DICOM series as before
+        chain.append(loader)
     if check_chest:
         chain.append(CheckChestCTd(keys))
     chain += [Orientationd(keys, axcodes="RAS"), ResampleToSpacingd(keys, pixdim=pixdim)]
