@@ -41,31 +41,35 @@ def spacing_of(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ones(img.ndim - 1)
 
 
-def _window_sizes(n: int, m: int) -> torch.Tensor:
+def _window_sizes(n: int, m: int) -> np.ndarray:
     """Sizes of adaptive average pooling's windows from ``n`` to ``m`` cells: ``ceil((i+1)n/m) - floor(in/m)``."""
-    i = torch.arange(m)
-    return (-(-(i + 1) * n // m) - i * n // m).to(torch.float32)
+    i = np.arange(m)
+    return (-(-(i + 1) * n // m) - i * n // m).astype(np.float32)
 
 
-def _exact_sums(mean: torch.Tensor, sizes: Sequence[torch.Tensor]) -> torch.Tensor | None:
-    """The window sums behind the window means ``mean``, when they are integers; otherwise ``None``.
+def _exact_sums(mean: np.ndarray, sizes: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The window sums behind the float32 window means ``mean``, when they are integers; otherwise ``None``.
 
     ``sizes`` are the window sizes along each pooled axis, shaped to broadcast against ``mean``. A fast kernel
     may divide a sum by the window's volume at once or axis by axis; either way an integer sum below 2**22 is
     recovered exactly by rounding ``mean * volume``. ``None`` when a recovered sum does not reproduce its mean
-    either way (the volume is not integer-valued) or when the sums are too large to recover.
+    either way (the volume is not integer-valued) or when the sums are too large to recover. (NumPy: these
+    few passes over a small array cost more in thread hand-offs than in arithmetic with torch.)
     """
     volume = sizes[0]
     for k in sizes[1:]:
         volume = volume * k
-    total = torch.round(mean * volume)
-    if total.numel() == 0 or float(total.abs().max()) >= 2.0**22:
+    total = np.rint(mean * volume)
+    if total.size == 0 or max(-float(total.min()), float(total.max())) >= 2.0**22:
         return None
-    stepwise = total
-    for k in sizes:
-        stepwise = stepwise / k
-    if not bool(((total / volume == mean) | (stepwise == mean)).all()):
-        return None
+    stepwise = total / sizes[0]
+    for k in sizes[1:]:
+        stepwise /= k
+    same = stepwise == mean
+    if not same.all():
+        same |= total / volume == mean
+        if not same.all():
+            return None
     return total
 
 
@@ -84,22 +88,25 @@ def area_resize(data: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     size = tuple(int(s) for s in size)
     if size == shape:
         return data
-    if len(shape) != 3:
+    if len(shape) != 3 or data.dtype != torch.float32 or data.device.type != "cpu":
         return F.interpolate(data[None], size=size, mode="area")[0]
     data = data.contiguous()
     kx, ky, kz = (_window_sizes(n, m) for n, m in zip(shape, size, strict=True))
     kx, ky = kx[:, None, None], ky[None, :, None]
-    sums: torch.Tensor | None = data
+    sums: np.ndarray | None = data.numpy()
     if size[:2] != shape[:2]:
         # (C, Z, X, Y) with Z fastest is a channels-last batch of C images with Z channels: no copy in or out
         mean = F.adaptive_avg_pool2d(data.permute(0, 3, 1, 2), size[:2]).permute(0, 2, 3, 1)
-        sums = _exact_sums(mean, [kx, ky])
+        sums = _exact_sums(mean.contiguous().numpy(), [kx, ky])
     if sums is not None and size[2] != shape[2]:
-        mean = F.adaptive_avg_pool1d(sums.reshape(1, -1, shape[2]), size[2]).reshape(-1, *size)
-        sums = _exact_sums(mean, [kz])
+        flat = torch.from_numpy(np.ascontiguousarray(sums)).reshape(1, -1, shape[2])
+        sums = _exact_sums(F.adaptive_avg_pool1d(flat, size[2]).reshape(-1, *size).numpy(), [kz])
     if sums is None:
         return F.interpolate(data[None], size=size, mode="area")[0]
-    return (sums / kx / ky / kz).contiguous()
+    out = sums / kx  # a new array: the input is never written to
+    out /= ky
+    out /= kz
+    return torch.from_numpy(out)
 
 
 def _grow(data: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:
