@@ -71,7 +71,7 @@ def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, spatial_size: list[
     if proc.returncode != 0:
         raise RuntimeError(f"evaluation of {cohort} failed:\n{proc.stderr[-3000:]}")
     metrics = json.loads((out / "metrics.json").read_text())
-    keep = ("n", "auc", "auc_ci", "accuracy", "sensitivity", "specificity", "threshold")
+    keep = ("n", "auc", "auc_ci95", "accuracy", "sensitivity", "specificity", "threshold")
     per_category = {c: {"n": m["n"], "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity")}
                     for c, m in metrics["per_category"].items()}  # fmt: skip
     return {**{k: metrics.get(k) for k in keep}, "per_category": per_category}
