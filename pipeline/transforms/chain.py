@@ -9,9 +9,10 @@ series folder (shapes for a MosMedData study):
    scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm);
 4. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope;
 5. ``CropForegroundd`` to the lungs' bounding box plus ``lung_margin_mm``;
-6. ``ScaleIntensityRanged``: HU ``hu_window`` to [0, 1], clipped;
-7. outside the lungs: ``"air"`` sets it to 0 (air, -1000 HU; ``MaskIntensityd``), ``"channel"`` keeps it and adds
-   the lung mask as a second channel, ``"keep"`` keeps it (the tutorial's whole-volume input, no crop either);
+6. :class:`HUWindowd`: HU ``hu_window`` to [0, 1], clipped (``ScaleIntensityRanged``'s floats);
+7. outside the lungs: ``"air"`` sets it to 0 (air, -1000 HU; in the same :class:`HUWindowd`, as ``MaskIntensityd``
+   would), ``"channel"`` keeps it and adds the lung mask as a second channel, ``"keep"`` keeps it (the tutorial's
+   whole-volume input, no crop either);
 8. :class:`~pipeline.transforms.spatial.SmoothResized` to ``spatial_size`` (``Resized`` with anti-aliasing,
    minus the Gaussian passes that change nothing), cast to ``dtype`` (float16: what the cache holds; every
    engine casts to float32 on the device, so all routes feed the network the same tensor).
@@ -21,20 +22,21 @@ The parameters are the checkpoint's record (:mod:`pipeline.engine.record`); :dat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from monai.data import NibabelReader
+from monai.config import KeysCollection
+from monai.data import MetaTensor, NibabelReader
 from monai.transforms import (
     ConcatItemsd,
     CropForegroundd,
     DeleteItemsd,
     EnsureTyped,
     LoadImaged,
-    MaskIntensityd,
+    MapTransform,
     Orientationd,
-    ScaleIntensityRanged,
     Transform,
 )
 
@@ -42,7 +44,15 @@ from pipeline.transforms.lung import LungMaskd
 from pipeline.transforms.plausibility import CheckChestCTd
 from pipeline.transforms.spatial import ResampleToSpacingd, SmoothResized
 
-__all__ = ["OUTSIDE_LUNG", "RECORDED", "NiftiReader", "deterministic_transforms", "in_channels", "lung_or_all"]
+__all__ = [
+    "OUTSIDE_LUNG",
+    "RECORDED",
+    "HUWindowd",
+    "NiftiReader",
+    "deterministic_transforms",
+    "in_channels",
+    "lung_or_all",
+]
 
 #: What happens to everything outside the lung mask.
 OUTSIDE_LUNG = ("air", "channel", "keep")
@@ -74,6 +84,42 @@ class NiftiReader(NibabelReader):
         for start in range(0, data.shape[2], self.SLAB):
             out[:, :, start : start + self.SLAB] = data[:, :, start : start + self.SLAB]
         return out
+
+
+class HUWindowd(MapTransform):
+    """``ScaleIntensityRanged(a_min, a_max, 0, 1, clip=True)`` and, with ``mask_key``, ``MaskIntensityd`` after it.
+
+    The same floats as those MONAI transforms (they run ``(x - a_min) / (a_max - a_min)``, clip to [0, 1], and
+    multiply by ``mask > 0``), computed in NumPy in place: three passes over the crop instead of MONAI's seven
+    torch operations, each of which hands work to the other thread and waits for it. On a busy 2-core machine
+    (or with two cache workers) that waiting cost about 0.06 s a study, the arithmetic about 0.003 s.
+    The output is a float32 MetaTensor with the input's meta data (as MONAI's).
+    """
+
+    def __init__(self, keys: KeysCollection, a_min: float, a_max: float, mask_key: str | None = None) -> None:
+        super().__init__(keys)
+        self.a_min, self.a_max, self.mask_key = a_min, a_max, mask_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            x = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+            if not np.issubdtype(x.dtype, np.floating):
+                x = x.astype(np.float32)  # never in this chain (float32 by now); no integer wrap-around
+            y = (x - self.a_min) / (self.a_max - self.a_min)
+            np.clip(y, 0.0, 1.0, out=y)
+            if self.mask_key is not None:
+                mask = d[self.mask_key]
+                mask = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+                y *= mask > 0
+            out = torch.from_numpy(y.astype(np.float32, copy=False))
+            d[key] = (
+                MetaTensor(out, meta=img.meta, applied_operations=list(img.applied_operations))
+                if (isinstance(img, MetaTensor))
+                else out
+            )
+        return d
 
 
 def lung_or_all(mask: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -127,9 +173,8 @@ def deterministic_transforms(
     if check_chest:
         chain.append(CheckChestCTd(keys))
     chain += [Orientationd(keys, axcodes="RAS"), ResampleToSpacingd(keys, pixdim=pixdim)]
-    window = ScaleIntensityRanged(keys, a_min=hu_window[0], a_max=hu_window[1], b_min=0.0, b_max=1.0, clip=True)
     if outside_lung == "keep":
-        chain.append(window)
+        chain.append(HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]))
     else:
         chain += [
             LungMaskd(keys, mask_key=_LUNG),
@@ -142,12 +187,12 @@ def deterministic_transforms(
                 start_coord_key=None,
                 end_coord_key=None,
             ),
-            window,
         ]
         if outside_lung == "air":
-            chain += [MaskIntensityd(keys, mask_key=_LUNG), DeleteItemsd(_LUNG)]
+            chain += [HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1], mask_key=_LUNG), DeleteItemsd(_LUNG)]
         else:
             chain += [
+                HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]),
                 EnsureTyped(_LUNG, dtype=torch.float32),
                 ConcatItemsd([keys, _LUNG], name=keys),
                 DeleteItemsd(_LUNG),
