@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_transfer import SHARED, evaluate_cohort, real_scans, score_real
-from benchmarks.common import BUNDLE, THREADS, TRAIN_JSON, write_results
+from benchmarks.bench_transfer import SHARED, cohort_rows, evaluate_cohort, real_scans, score_real
+from benchmarks.common import BUNDLE, RESULTS, THREADS, TRAIN_JSON, write_results
 from pipeline.engine.record import read as read_record
 from pipeline.inferers.ensemble import load_model_weights
 from pipeline.networks.nets import build_network
@@ -28,6 +28,8 @@ from pipeline.synth.generate import generate_cohort
 from pipeline.transforms.chain import deterministic_transforms, in_channels
 from pipeline.utils.atomic import atomic_write_text
 
+#: The real-scan groups of :func:`benchmarks.bench_transfer.real_scans`, in table order.
+REAL_GROUPS = ("real, no pneumonia", "RICORD COVID-19 negative (30 mm slab)", "RICORD COVID-19 positive (30 mm slab)")
 #: name -> training overrides. ``default`` is the bundle as shipped.
 VARIANTS: dict[str, list[str]] = {
     "default (air outside the lungs, hospital augmentation)": [],
@@ -76,6 +78,25 @@ def score(variant_dir: Path, cohorts: dict[str, Path]) -> dict[str, Any]:
     return result
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """A table: per variant, both synthetic cohorts and the mean P(pneumonia) of each real group."""
+    lines = [
+        "| variant | cohort | n | AUC [95 % CI] | accuracy | specificity | sensitivity CT-1 / CT-2 / CT-3 / CT-4 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    real_lines = ["", "| variant | " + " | ".join(REAL_GROUPS) + " |", "|---" * (len(REAL_GROUPS) + 1) + "|"]
+    for name, v in results["variants"].items():
+        for cohort in ("fresh seed", "shifted scanner"):
+            lines.append(cohort_rows(f"{name} | {cohort}", v[cohort]))
+        if isinstance(v.get("real"), list):
+            cells = []
+            for group in REAL_GROUPS:
+                probs = [r["p_pneumonia"] for r in v["real"] if r["group"] == group and "p_pneumonia" in r]
+                cells.append(", ".join(f"{p:.2f}" for p in probs))
+            real_lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + real_lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, default=Path("data/synthetic"))
@@ -103,6 +124,7 @@ def main() -> None:
         print(name, json.dumps(results["variants"][name]), flush=True)
         atomic_write_text(previous, json.dumps(results, indent=2))
     print("results:", write_results("recipe", results))
+    atomic_write_text(RESULTS / "recipe.md", markdown(results))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ Three tiers, all from the same checkpoint (``--ckpt-dir``, default the bundle's 
 2. **Real scans** in ``../shared/realct`` (third-party, read in place, never copied): P(pneumonia) of each real chest
    CT without pneumonia (each should fall below the threshold) and of the RICORD 30 mm slabs of COVID-19 positive and
    negative patients (partial scans: reported, never tuned on). Same chain as the bundle (the checkpoint's record).
-3. **Where it looks**: Grad-CAM of the pneumonia class over each real scan, and the share of its mass that lies on
-   lung voxels (the chain sets everything outside the lung mask to air, 0); a PNG montage.
+3. **Where it looks**: Grad-CAM of the pneumonia class over each real scan, the share of its mass that lies on
+   lung voxels (the chain sets everything outside the lung mask to air, 0) beside the share of the input that is
+   lung (equal shares: no preference); a PNG montage.
 
 Example (the README's figures)::
 
@@ -34,7 +35,7 @@ from matplotlib.figure import Figure
 from monai.transforms import Compose
 from monai.visualize import GradCAM
 
-from benchmarks.common import BUNDLE, REPO, TRAIN_JSON, write_results
+from benchmarks.common import BUNDLE, REPO, RESULTS, TRAIN_JSON, write_results
 from pipeline.engine.record import read as read_record
 from pipeline.engine.threshold import load as load_threshold
 from pipeline.evaluation.saliency import last_conv_layer
@@ -42,6 +43,7 @@ from pipeline.inferers.ensemble import load_model_weights
 from pipeline.networks.nets import build_network
 from pipeline.synth.generate import generate_cohort
 from pipeline.transforms.chain import deterministic_transforms, in_channels
+from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
 
 SHARED = REPO.parent / "shared" / "realct"
@@ -102,7 +104,8 @@ def score_real(network: torch.nn.Module, chain: Compose, scans: dict[str, list[P
             heat = cam(x, class_idx=1)[0, 0].detach().numpy()
             volume = image[0].numpy()
             rows.append({"group": group, "scan": label, "p_pneumonia": round(prob, 4),
-                         "gradcam_on_lung": round(lung_share(heat, volume), 3)})  # fmt: skip
+                         "gradcam_on_lung": round(lung_share(heat, volume), 3),
+                         "lung_share_of_input": round(float((volume > 0).mean()), 3)})  # fmt: skip
             panels.append((f"{label} P={prob:.2f}", volume, heat))
     return rows, panels
 
@@ -121,11 +124,46 @@ def montage(panels: list, out: Path) -> Path:
         ax_axial.set_title(title, fontsize=7, loc="left")
     fig.suptitle("Grad-CAM (pneumonia) over the network input of real scans\n(TCIA Lung-PET-CT-Dx, TotalSegmentator, "
                  "MIDRC-RICORD)", fontsize=7)  # fmt: skip
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / len(panels)))
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     out.write_bytes(buf.getvalue())
     return out
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cohort_rows(name: str, m: dict[str, Any]) -> str:
+    """One markdown row: AUC [CI], accuracy, specificity, sensitivity per category."""
+    ci = m.get("auc_ci95") or [None, None]
+    sens = " / ".join(
+        _fmt(m["per_category"].get(c, {}).get("sensitivity"), 2) for c in ("CT-1", "CT-2", "CT-3", "CT-4")
+    )
+    return (f"| {name} | {m['n']} | {_fmt(m['auc'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] | {_fmt(m['accuracy'])} | "
+            f"{_fmt(m['specificity'])} | {sens} |")  # fmt: skip
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README tables of ``results``: synthetic cohorts, then every real scan."""
+    head = "| cohort (never trained on) | n | AUC [95 % CI] | accuracy | specificity | sensitivity"
+    lines = [head + " CT-1 / CT-2 / CT-3 / CT-4 |", "|---|---|---|---|---|---|"]
+    lines += [cohort_rows(name, results[name]) for name in ("fresh seed", "shifted scanner") if name in results]
+    if isinstance(results.get("real"), list):
+        threshold = results["threshold"]
+        head = (
+            f"| real scan | group | P(pneumonia), threshold {threshold} | Grad-CAM mass on lung | lung share of input"
+        )
+        lines += ["", head + " |", "|---|---|---|---|---|"]
+        for row in results["real"]:
+            if "refused" in row:
+                lines.append(f"| {row['scan']} | {row['group']} | refused: {row['refused']} | | |")
+            else:
+                share = row.get("lung_share_of_input")
+                lines.append(f"| {row['scan']} | {row['group']} | {row['p_pneumonia']:.3f} | "
+                             f"{row['gradcam_on_lung']:.2f} | {_fmt(share, 2)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -162,6 +200,7 @@ def main() -> None:
     else:
         results["real"] = f"skipped: {SHARED} not found"
     print("results:", write_results("transfer", results))
+    atomic_write_text(RESULTS / "transfer.md", markdown(results))
 
 
 if __name__ == "__main__":

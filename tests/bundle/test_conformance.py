@@ -16,6 +16,8 @@ import torch
 from conftest import BUNDLE, TESTING_DATA, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
 
+from pipeline.inferers.ensemble import load_model_weights
+
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 SCHEMAS = TESTING_DATA / "schemas"
@@ -153,13 +155,13 @@ def test_every_bundle_file_is_under_25_mb() -> None:
     assert not too_big
 
 
-def preprocessed_real_ct(series: Path, spatial_size: list[int]) -> torch.Tensor:
-    """The real DICOM chest ``series`` through the bundle's inference preprocessing: ``(1, 1, *spatial_size)``."""
+def preprocessed_real_ct(series: Path, bundle: Path) -> torch.Tensor:
+    """The real DICOM chest ``series`` through ``bundle``'s inference preprocessing (its model's recorded chain)."""
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / "inference.json"))
-    parser["spatial_size"] = spatial_size
+    parser.read_config(str(bundle / "configs" / "inference.json"))
+    parser["bundle_root"] = str(bundle)
     item = parser.get_parsed_content("preprocessing")({"image": str(series)})
-    return item["image"].as_tensor()[None]
+    return item["image"].as_tensor()[None].float()
 
 
 @pytest.mark.slow
@@ -181,9 +183,12 @@ def test_exported_models_give_the_checkpoint_probabilities(real_series, trained_
 
     parser = ConfigParser()
     parser.read_config(str(configs / "inference.json"))
-    network = parser.get_parsed_content("network_def").eval()
-    network.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
-    image = preprocessed_real_ct(real_series, spatial_size)
+    parser["bundle_root"] = str(trained_bundle)
+    network = load_model_weights(
+        parser.get_parsed_content("network_def"), trained_bundle / "models" / "model.pt"
+    ).eval()
+    image = preprocessed_real_ct(real_series, trained_bundle)
+    assert tuple(image.shape) == (1, 1, *spatial_size)
     with torch.no_grad():
         expected = torch.softmax(network(image), dim=1)
 

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUNDLE, TINY
+from conftest import BUNDLE, TINY, TINY_CHAIN
 from monai.bundle import ConfigParser
 
 from pipeline.engine.distributed import DistContext, shard
+from pipeline.engine.handlers import set_data
+from pipeline.inferers.ensemble import load_model_weights
 
 WORKER_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -94,14 +96,13 @@ def _evaluate(bundle: Path, cohort: Path) -> float:
     """AUC of ``bundle/models/model.pt`` over the whole validation split, in this one process."""
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
-    parser.update(
-        {"bundle_root": str(bundle), "dataset_dir": str(cohort), "spatial_size": [32, 32, 16], "cache_workers": 1}
-    )
+    parser.update({"bundle_root": str(bundle), "dataset_dir": str(cohort), **TINY_CHAIN, "cache_workers": 1})
     parser["device"] = "$torch.device('cpu')"
     parser["validate#handlers"] = []
     network = parser.get_parsed_content("network")
-    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    load_model_weights(network, bundle / "models" / "model.pt")
     evaluator = parser.get_parsed_content("validate#evaluator")
+    set_data(evaluator, parser.get_parsed_content("validate#datalist"))
     evaluator.run()
     return float(evaluator.state.metrics["val_auc"])
 
