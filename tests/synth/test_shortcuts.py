@@ -102,8 +102,10 @@ def test_nuisance_distribution_independent_of_category() -> None:
     (chi-square on categorical draws, Kruskal-Wallis on continuous ones)."""
     n, cats = 200, list(CATEGORY_BANDS)
     draws = {
-        c: [draw_nuisance(np.random.default_rng(_study_seed(7, ci * n + i + 1)), 512, None, SCANNERS["mosmed"])
-            for i in range(n)]
+        c: [
+            draw_nuisance(np.random.default_rng(_study_seed(7, ci * n + i + 1)), 512, None, SCANNERS["mosmed"])
+            for i in range(n)
+        ]
         for ci, c in enumerate(cats)
     }
     categorical = ["kernel", "padding_hu", "arms_down", "breasts", "couch", "contrast"]
