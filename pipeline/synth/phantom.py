@@ -17,6 +17,7 @@ systematic difference between categories is the opacity burden in the lungs.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,7 +435,7 @@ def _splat(points, radii, to_index, shape, pixel: float, dz: float, classes=(0.8
     step = pixel / 2
     fraction = np.zeros(shape, np.float32)
     edges = (0.0, *classes, np.inf)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         sel = (radii >= lo) & (radii < hi)
         if not sel.any():
             continue
@@ -503,7 +504,6 @@ def generate_study(
     rng = np.random.default_rng(nuisance_seq)
     p = draw_nuisance(rng, matrix, _n_slices, profile)
     lesion = draw_lesions(np.random.default_rng(lesion_seq), category)
-    f32 = np.float32
 
     work = matrix // factor
     px = p["fov_mm"] / work
@@ -867,7 +867,7 @@ def generate_study(
     if p["mimic_motion"]:
         ks = (zz > base) & (zz < heart_c[2] + 0.5 * hs[2])
         near = (((x - heart_c[0]) / (1.5 * hs[0])) ** 2 + ((y - heart_c[1]) / (1.5 * hs[1])) ** 2) < 1
-        shift = int(round(rng.uniform(3.0, 8.0) / px)) * (1 if rng.random() < 0.5 else -1)
+        shift = round(rng.uniform(3.0, 8.0) / px) * (1 if rng.random() < 0.5 else -1)
         region = near[..., None] & ks
         ghost = np.roll(hu, shift, axis=1)
         hu = np.where(region, 0.6 * hu + 0.4 * ghost, hu)
