@@ -45,33 +45,44 @@ def summary(results: dict[str, dict[str, Any]], quick: bool) -> str:
     pre = results.get("preprocessing")
     if pre:
         s = pre["seconds_per_study"]
+        steps = pre.get("bundle_steps_seconds_per_study", {})
+        top = sorted(steps.items(), key=lambda item: -item[1])[:4]
+        load = pre.get("machine", {}).get("load_average_1min_before_after")
         lines += [
             _row(
-                "preprocessing, s/study (512x512x~45): decode / tutorial / bundle / bundle resize-first",
-                f"{s['decode']} / {s['tutorial']} / {s['bundle']} / {s['bundle_resize_first']}",
+                "preprocessing, s/study of MosMedData geometry (512x512x~45, 8 mm): decode / tutorial / bundle chain"
+                + (f" (shared machine, load {load[0]}-{load[1]})" if load else ""),
+                f"{s['decode']} / {s['tutorial']} / {s['bundle']}",
             ),
             _row(
-                "tutorial / bundle chain", f"{pre['tutorial_over_bundle']}x", ">= 5x", pre["tutorial_over_bundle"] >= 5
+                "tutorial chain / bundle chain (decode, orientation, resampling, lung mask, crop, window, resize)",
+                f"{pre['tutorial_over_bundle']}x",
+                ">= 5x",
+                pre["tutorial_over_bundle"] >= 5,
             ),
             _row(
-                "bundle chain / decode (int16; float64 get_fdata)",
+                "bundle chain, largest steps (s/study)",
+                ", ".join(f"{name} {seconds}" for name, seconds in top)
+                + (
+                    f"; lung mask {pre['lung_mask_share_of_bundle']:.0%} of the chain"
+                    if pre.get("lung_mask_share_of_bundle")
+                    else ""
+                ),
+            ),
+            _row(
+                "bundle chain / decoding (int16; float64 get_fdata)",
                 f"{pre['bundle_over_decode']}x; {pre['bundle_over_decode_fdata']}x",
                 "<= 1.5x",
                 pre["bundle_over_decode"] <= 1.5,
             ),
-            _row(
-                "tutorial / resize-first chain (proposed)",
-                f"{pre['tutorial_over_resize_first']}x",
-                ">= 5x",
-                pre["tutorial_over_resize_first"] >= 5,
-            ),
-            _row(
-                "resize-first chain / decode (int16; float64 get_fdata)",
-                f"{pre['resize_first_over_decode']}x; {pre['resize_first_over_decode_fdata']}x",
-                "<= 1.5x",
-                pre["resize_first_over_decode"] <= 1.5,
-            ),
         ]
+        if "bundle_1_thread" in s:
+            lines.append(
+                _row(
+                    "bundle chain with 1 torch thread, s/study (tutorial / it)",
+                    f"{s['bundle_1_thread']} ({pre['tutorial_over_bundle_1_thread']}x)",
+                )
+            )
     aug = results.get("augmentation")
     if aug:
         s = aug["seconds_per_volume"]
