@@ -368,6 +368,16 @@ def load_split(
     return out
 
 
+def log_split(splits: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Log how many studies of each label every split holds (the bundle's first step of a training run); return it."""
+    for key, items in splits.items():
+        labels = Counter(it.get("label") for it in items)
+        logger.info(
+            "%s: %d studies (%s)", key, len(items), ", ".join(f"label {k}: {n}" for k, n in sorted(labels.items()))
+        )
+    return splits
+
+
 def load_items(
     dataset_dir: str | None = None,
     datalist: str | None = None,
