@@ -291,7 +291,7 @@ def _rss_mib() -> float:
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the resident set size from /proc")
 def test_inference_over_500_studies_keeps_memory_flat(tmp_path, untrained_bundle, monkeypatch, request):
     source = generate_cohort(
-        tmp_path / "source", per_category=10, categories=["CT-0"], seed=3, matrix=32, progress=False, _n_slices=16
+        tmp_path / "source", per_category=10, categories=["CT-0"], seed=3, matrix=64, progress=False
     ).parent
     studies = sorted((source / "studies" / "CT-0").glob("*.nii.gz"))
     folder = tmp_path / "many"
