@@ -173,6 +173,7 @@ def test_exported_models_give_the_checkpoint_probabilities(real_series, trained_
     common = (
         "network_def", "--ckpt_file", str(trained_bundle / "models" / "model.pt"),
         "--meta_file", str(configs / "metadata.json"), "--config_file", str(configs / "inference.json"),
+        "--key_in_ckpt", "model",
     )  # fmt: skip
     ts_path, onnx_path = tmp_path / "model.ts", tmp_path / "model.onnx"
     run_bundle("ckpt_export", *common, "--filepath", str(ts_path))
