@@ -45,6 +45,7 @@ from monailabel.utils.others.generic import strtobool
 
 import monailabel
 from pipeline.data.cohort import train_val_split
+from pipeline.engine.record import read as read_record
 from pipeline.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -115,11 +116,21 @@ class ClassificationTrainTask(BundleTrainTask):
             )
 
     def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        """MONAI Label sets ``train#dataset#data``/``validate#dataset#data``; the bundle builds its datasets empty and
-        fills them from ``train#datalist``/``validate#datalist`` when the run starts, so hand the lists over there."""
+        """Hand MONAI Label's lists to the bundle's datalists, and train with the served model's chain.
+
+        MONAI Label sets ``train#dataset#data``/``validate#dataset#data``; the bundle builds its datasets empty and
+        fills them from ``train#datalist``/``validate#datalist`` when the run starts. Training starts from the served
+        ``model.pt`` and the infer task keeps the chain it read from that model's record, so the run uses the
+        recorded network and preprocessing too (a retrained model is then served as it was trained).
+        """
         for split in ("train", "validate"):
             if f"{split}#dataset#data" in overrides:
                 overrides[f"{split}#datalist"] = overrides.pop(f"{split}#dataset#data")
+        model = Path(self.bundle_path) / "models" / "model.pt"
+        if model.is_file():
+            record = read_record(model)
+            overrides["network_name"] = record["network_name"]
+            overrides.update(record["preprocessing"])
         return overrides
 
     def _class_index(self, image_id: str, value: Any) -> int:
