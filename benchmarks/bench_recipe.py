@@ -67,7 +67,7 @@ def score(variant_dir: Path, cohorts: dict[str, Path]) -> dict[str, Any]:
     prep = record["preprocessing"]
     result: dict[str, Any] = {}
     for name, cohort in cohorts.items():
-        result[name] = evaluate_cohort(cohort, model.parent, variant_dir / f"eval_{cohort.name}", prep["spatial_size"])
+        result[name] = evaluate_cohort(cohort, model.parent, variant_dir / f"eval_{cohort.name}", record)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()
     if SHARED.is_dir():

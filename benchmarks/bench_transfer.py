@@ -61,13 +61,14 @@ def real_scans(root: Path = SHARED) -> dict[str, list[Path]]:
     }
 
 
-def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, spatial_size: list[int]) -> dict[str, Any]:
-    """``metrics.json`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir``."""
+def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir`` and its record."""
+    chain = [arg for key, value in record["preprocessing"].items() for arg in (f"--{key}", json.dumps(value))]
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
         "--config_file", str([str(TRAIN_JSON), str(EVALUATE_JSON)]), "--bundle_root", str(BUNDLE),
         "--dataset_dir", str(cohort), "--ckpt_dir", str(ckpt_dir), "--output_dir", str(out),
-        "--spatial_size", json.dumps(spatial_size),
+        "--network_name", record["network_name"], *chain,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -187,7 +188,7 @@ def main() -> None:
         if not (cohort / "dataset_registry.csv").is_file():
             generate_cohort(cohort, per_category=args.per_category, seed=seed, matrix=args.matrix, scanner=scanner,
                             workers=2, progress=False)  # fmt: skip
-        results[name] = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", prep["spatial_size"])
+        results[name] = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
         print(name, json.dumps(results[name]), flush=True)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()
