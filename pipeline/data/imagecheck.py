@@ -156,7 +156,7 @@ def check_dicom_series(path: str | os.PathLike) -> None:
     The series' files must lie directly in the folder, with nothing else beside them (hidden files
     aside): MONAI's DICOM readers read every file of the folder as a slice.
     """
-    from pipeline.deploy.dicom import find_series, select_axial_ct_series  # pydicom/highdicom only when needed
+    from pipeline.deploy.series import find_series, select_axial_ct_series  # pydicom/highdicom only when needed
 
     series = find_series(path)
     if len(series) > 1:

@@ -13,14 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipeline.deploy.dicom import (
-    MIN_SLICES,
-    SeriesInfo,
-    find_series,
-    result_json,
-    select_axial_ct_series,
-    write_structured_report,
-)
+from pipeline.deploy.series import MIN_SLICES, SeriesInfo, find_series, select_axial_ct_series
+from pipeline.deploy.sr import result_json, write_structured_report
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
 

@@ -13,8 +13,9 @@ from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
 from pipeline.__main__ import main
-from pipeline.deploy.dicom import DISCLAIMER, find_series, result_json, select_axial_ct_series, write_structured_report
 from pipeline.deploy.infer import infer_study, stage_series
+from pipeline.deploy.series import find_series, select_axial_ct_series
+from pipeline.deploy.sr import DISCLAIMER, result_json, write_structured_report
 from pipeline.utils.errors import InputError
 
 RESULT = {"image": "x", "prob_normal": 0.25, "prob_pneumonia": 0.75, "prediction": "pneumonia"}
