@@ -55,9 +55,10 @@ def saliency_montage(
     """A PNG of ``n_slices`` axial slices with the Grad-CAM map of the pneumonia class overlaid.
 
     Args:
-        network: a classifier mapping ``(B, 1, H, W, D)`` to ``(B, 2)`` logits (class 1 pneumonia);
+        network: a classifier mapping ``(B, C, H, W, D)`` to ``(B, 2)`` logits (class 1 pneumonia);
             a copy of it runs in eval mode on its device, so ``network`` itself is left untouched.
-        image: ``(1, H, W, D)`` preprocessed volume in [0, 1], ``D`` the axial (slice) axis.
+        image: ``(C, H, W, D)`` preprocessed volume in [0, 1], ``D`` the axial (slice) axis; channel 0 is drawn
+            (e.g. the CT when channel 1 is the lung mask).
         target_layer: module name for Grad-CAM; by default :func:`last_conv_layer`.
         n_slices: number of axial slices, spread evenly through the volume.
         title: text above the montage; by default the predicted P(pneumonia).
@@ -66,8 +67,8 @@ def saliency_montage(
     Returns:
         PNG bytes. Slices are drawn with ``rot90``, i.e. the second array axis points up.
     """
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"image must be (1, H, W, D), got {tuple(image.shape)}")
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, H, W, D), got {tuple(image.shape)}")
     layer = target_layer or last_conv_layer(network)
     # GradCAM hooks its layer for good and in-place activations break its backward hooks: work on a copy
     model = copy.deepcopy(network).eval()

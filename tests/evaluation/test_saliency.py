@@ -66,7 +66,7 @@ def test_montage_is_a_png_and_leaves_the_network_alone(volume, make, layer):
 def test_explicit_layer_and_bad_inputs(volume):
     net = tiny_net()
     decode(saliency_montage(net, volume, target_layer="0", n_slices=2, title="first conv"))
-    with pytest.raises(ValueError, match=r"\(1, H, W, D\)"):
+    with pytest.raises(ValueError, match=r"\(C, H, W, D\)"):
         saliency_montage(net, volume[0])
     with pytest.raises(ValueError, match=r"no nn\.Conv3d"):
         last_conv_layer(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)))
