@@ -84,7 +84,7 @@ def draw(realct: Path, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> Path:
     """Parse ``argv`` and draw the figure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--realct", type=Path, default=REPO.parent / "shared" / "realct")
+    parser.add_argument("--realct", type=Path, required=True, help="real CT folder (third-party, not in the repo)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "images" / "lung_mask_real.png")
     args = parser.parse_args(argv)
     return draw(args.realct, args.out)

@@ -14,9 +14,12 @@ Conf keys (``--conf KEY VALUE``):
     preload: ``true`` to load the networks at start-up.
 The app never downloads anything: ``zoo_source`` and ``sam2`` are accepted and ignored.
 
-MONAI Label's generic bundle app appends a resize-back step meant for segmentation masks, which
-fails on the ``(2,)`` probability vector; here the infer task is a classification task without it
-and answers ``{"prediction": [{"idx": 0, "label": "normal", "score": p0}, {"idx": 1, ...}]}``.
+The infer task (:class:`ClassificationInferTask`) runs the bundle's own ``inference.json`` on the scan
+(:func:`pipeline.deploy.bundle.run_bundle_inference`), so MONAI Label answers exactly what the bundle writes:
+``{"prediction": [{"idx": 0, "label": "normal", "score": p0}, {"idx": 1, ...}]}``, plus ``"involvement"``
+(fraction of the lung) and ``"category"`` (``CT-0`` ... ``CT-4``) from models with a lesion output, whose lesion
+map (NIfTI, in the scan's geometry) is then the returned label. A scan refused as bad input (header or content,
+:mod:`pipeline.utils.guard`) is answered with HTTP 422 and the reason, not a 500.
 
 Training labels are image-level: a study's class is the key ``class`` of its image info (a class
 name of the bundle's ``channel_def``, or its index), set e.g. with::
@@ -29,9 +32,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
@@ -45,8 +51,11 @@ from monailabel.utils.others.generic import strtobool
 
 import monailabel
 from pipeline.data.cohort import train_val_split
+from pipeline.data.imagecheck import check_image
+from pipeline.deploy.bundle import result_params, returned_label, run_bundle_inference
 from pipeline.engine.record import read as read_record
 from pipeline.utils.errors import InputError
+from pipeline.utils.guard import find_input_error
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +65,8 @@ DEFAULT_MODEL_DIR = REPO / "bundles"
 DEFAULT_MODELS = "chest_ct_pneumonia_classification"
 #: Image-info key that holds a study's class for training.
 CLASS_KEY = "class"
+#: HTTP status of a scan refused as bad input (the request was understood, the scan cannot be processed).
+REFUSED_STATUS = 422
 
 
 def bundle_paths(conf: dict[str, str]) -> dict[str, str]:
@@ -82,6 +93,28 @@ def channel_names(bundle: str | os.PathLike) -> list[str]:
     pred = next(iter(metadata["network_data_format"]["outputs"].values()))
     channel_def = pred["channel_def"]
     return [channel_def[str(i)] for i in range(len(channel_def))]
+
+
+class ClassificationInferTask(BundleInferTask):
+    """A classification infer task that runs the bundle's own ``run`` workflow on the scan.
+
+    The image is header-checked first (:func:`~pipeline.data.imagecheck.check_image`); the bundle's prediction
+    record becomes :func:`result_params`, its lesion map (when the model gives one) the label.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str]) -> None:
+        super().__init__(path, conf, type=InferType.CLASSIFICATION, add_post_restore=False, load_strict=True)
+        self.class_names = channel_names(path)
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[str | None, dict[str, Any]]:
+        image = request["image"]
+        check_image(image)
+        out = tempfile.mkdtemp(prefix="chestct_infer_")
+        try:
+            record = run_bundle_inference(self.bundle_path, image, out)
+            return returned_label(record), result_params(record, self.class_names)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 class ClassificationTrainTask(BundleTrainTask):
@@ -126,6 +159,7 @@ class ClassificationTrainTask(BundleTrainTask):
         for split in ("train", "validate"):
             if f"{split}#dataset#data" in overrides:
                 overrides[f"{split}#datalist"] = overrides.pop(f"{split}#dataset#data")
+                overrides["test_datalist"] = []  # MONAI Label's partition has no test split
         model = Path(self.bundle_path) / "models" / "model.pt"
         if model.is_file():
             record = read_record(model)
@@ -183,9 +217,7 @@ class ChestCTApp(MONAILabelApp):
     def init_infers(self) -> dict[str, InferTask]:
         infers: dict[str, InferTask] = {}
         for name, path in self.bundles.items():
-            task = BundleInferTask(
-                path, self.conf, type=InferType.CLASSIFICATION, add_post_restore=False, load_strict=True
-            )
+            task = ClassificationInferTask(path, self.conf)
             if not task.is_valid():
                 raise InputError(path, "MONAI Label cannot serve this bundle: models/model.pt or model.ts is missing")
             infers[name] = task
@@ -198,6 +230,16 @@ class ChestCTApp(MONAILabelApp):
 
     def init_strategies(self) -> dict[str, Strategy]:
         return {"random": Random(), "first": First()}
+
+    def infer(self, request: dict[str, Any], datastore: Datastore | None = None) -> dict[str, Any]:
+        """MONAI Label's infer; a scan refused as bad input raises HTTP :data:`REFUSED_STATUS` with the reason."""
+        try:
+            return super().infer(request, datastore)
+        except Exception as err:
+            found = find_input_error(err)
+            if found is None:
+                raise
+            raise HTTPException(status_code=REFUSED_STATUS, detail=f"refused: {found}") from err
 
     def info(self) -> dict[str, Any]:
         """MONAI Label's app info plus the bundle folder of each model."""

@@ -29,10 +29,14 @@ import torch
 from monai.data import CacheDataset, CacheNTransDataset, Dataset, PersistentDataset
 from monai.data.utils import pickle_hashing
 
+from pipeline.data.imagecheck import check_image
+from pipeline.data.refusal import RefusingDataset, refusal
 from pipeline.utils.errors import InputError, InputErrors
 from pipeline.utils.guard import find_input_error
 
 CACHE_KINDS = ("memory", "disk", "none")
+#: ``"run"``: bad input refuses the whole run (training); ``"study"``: only the bad study (evaluation, inference).
+REFUSE = ("run", "study")
 _MAX_DEPTH = 8
 
 
@@ -95,12 +99,22 @@ class CheckedCacheDataset(CacheDataset):
     """A :class:`~monai.data.CacheDataset` that checks every item while caching and reports all bad ones at once.
 
     When an item's deterministic transforms (e.g. :class:`~pipeline.transforms.plausibility.CheckChestCTd`) raise an
-    :class:`InputError`, the cache fill goes on; at its end one :class:`InputErrors` lists every bad file.
-    Other exceptions propagate unchanged. Items transformed at run time (``cache_rate < 1``) raise as usual.
-    Arguments are those of :class:`~monai.data.CacheDataset`.
+    :class:`InputError`, the cache fill goes on. At its end, with ``refuse="run"`` (training) one
+    :class:`InputErrors` lists every bad file; with ``refuse="study"`` (evaluation) each item is also header-checked
+    first (:func:`~pipeline.data.imagecheck.check_image`), the bad items leave the dataset and their refusals
+    (:func:`pipeline.data.refusal.refusal`) are kept in :attr:`refused`. Other exceptions propagate unchanged. Items
+    transformed at run time (``cache_rate < 1``) raise as usual. Other arguments are those of
+    :class:`~monai.data.CacheDataset`.
     """
 
     _collecting = False
+
+    def __init__(self, *args: Any, refuse: str = "run", **kwargs: Any) -> None:
+        if refuse not in REFUSE:
+            raise ValueError(f"refuse must be one of {REFUSE}, got {refuse!r}")
+        self.refuse = refuse
+        self.refused: list[dict] = []
+        super().__init__(*args, **kwargs)
 
     def _fill_cache(self, indices: Sequence[int] | None = None) -> list:
         self._collecting = True
@@ -108,13 +122,20 @@ class CheckedCacheDataset(CacheDataset):
             cache = super()._fill_cache(indices)
         finally:
             self._collecting = False
-        errors = [item for item in cache if isinstance(item, InputError)]
-        if errors:
-            raise InputErrors(errors)
+        bad = {i for i, item in enumerate(cache) if isinstance(item, InputError)}
+        if bad and self.refuse == "run":
+            raise InputErrors([cache[i] for i in sorted(bad)])
+        self.refused = [refusal(self.data[i], cache[i]) for i in sorted(bad)]
+        if bad:
+            self.data = [item for i, item in enumerate(self.data) if i not in bad]
+            self.cache_num -= len(bad)
+            cache = [item for i, item in enumerate(cache) if i not in bad]
         return cache
 
     def _load_cache_item(self, idx: int):
         try:
+            if self.refuse == "study":
+                check_image(self.data[idx]["image"])
             return super()._load_cache_item(idx)
         except Exception as err:
             found = find_input_error(err)
@@ -139,6 +160,7 @@ def cached_dataset(
     cache_rate: float = 1.0,
     num_workers: int | None = 1,
     cache_n_trans: int | None = None,
+    refuse: str = "run",
 ) -> Dataset:
     """A dataset that runs the deterministic part of ``transform`` once per study.
 
@@ -155,16 +177,28 @@ def cached_dataset(
         cache_n_trans: store the output of the first ``cache_n_trans`` transforms (e.g. the
             float16 output of the deterministic steps, before a float32 cast); default: every
             transform before the first random one.
+        refuse: ``"run"`` or ``"study"`` (:data:`REFUSE`). ``"study"`` with ``"memory"``: bad studies leave the
+            dataset while its cache fills, their refusals in ``.refused``; with ``"none"``: a
+            :class:`~pipeline.data.refusal.RefusingDataset`, whose refusals travel with the batches.
 
     Raises:
-        ValueError: for an unknown ``cache`` or ``"disk"`` without ``cache_dir``.
+        ValueError: for an unknown ``cache`` or ``refuse``, ``"disk"`` without ``cache_dir``, or ``"disk"`` with
+            ``refuse="study"``.
     """
+    if refuse not in REFUSE:
+        raise ValueError(f"refuse must be one of {REFUSE}, got {refuse!r}")
     if cache == "none":
+        if refuse == "study":
+            return RefusingDataset(data=data, transform=transform)
         return PlainDataset(data=data, transform=transform)
     if cache == "memory":
-        return CheckedCacheDataset(data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers)
+        return CheckedCacheDataset(
+            data=data, transform=transform, cache_rate=cache_rate, num_workers=num_workers, refuse=refuse
+        )
     if cache != "disk":
         raise ValueError(f"cache must be one of {CACHE_KINDS}, got {cache!r}")
+    if refuse == "study":
+        raise ValueError('refuse "study" needs cache "memory" or "none": a disk cache refuses the whole run')
     if cache_dir is None:
         raise ValueError('cache "disk" needs cache_dir (a folder for the cached studies)')
     kwargs = {"hash_func": item_hash, "hash_transform": transform_hash}

@@ -3,8 +3,12 @@
 A NIfTI file is checked from its header and, for ``.nii.gz``, from the gzip trailer (the
 uncompressed size the stream claims), so corrupt, truncated, mislabelled, 2D/4D and absurdly
 large images are refused in milliseconds with a message naming the file and the problem.
-A DICOM series folder must hold one series forming a regular axial CT volume (checked from the
-headers by :mod:`pipeline.deploy.dicom`): a folder of several series or a single slice is refused.
+A DICOM series folder must hold one series forming a regular axial CT volume whose pixel data this machine
+can decode (checked from the headers by :mod:`pipeline.deploy.series`): a folder of several series, a single slice,
+uneven slice spacing or a compression without an installed decoder is refused, naming the file and the transfer
+syntax. :func:`check_images` refuses a whole cohort (training) naming every bad file: when some fail their header
+check, the others are loaded and content-checked (:class:`~pipeline.transforms.plausibility.CheckChestCT`) too, so
+one error lists every problem at once.
 """
 
 from __future__ import annotations
@@ -170,7 +174,11 @@ def check_dicom_series(path: str | os.PathLike) -> None:
             f"holds {len(others)} entries that are not DICOM slices ({shown}); a series folder "
             "may hold only the series' files",
         )
-    select_axial_ct_series(series, path)
+    chosen = select_axial_ct_series(series, path)
+    if chosen.notes:
+        raise InputError(
+            path, "; ".join(chosen.notes) + ": a series folder is read whole (python -m pipeline infer keeps the run)"
+        )
 
 
 def check_image(path: str | os.PathLike) -> ImageHeader | None:
@@ -196,14 +204,36 @@ def check_image(path: str | os.PathLike) -> ImageHeader | None:
     raise InputError(p, "unsupported file type: expected .nii, .nii.gz or a DICOM series folder")
 
 
+def content_errors(paths: list[str | os.PathLike]) -> list[InputError]:
+    """The content problems of images that passed their header check: each loaded and checked for a chest CT in HU."""
+    from monai.transforms import LoadImage
+
+    from pipeline.transforms.plausibility import CheckChestCT
+    from pipeline.utils.guard import find_input_error
+
+    load, check, errors = LoadImage(image_only=True), CheckChestCT(), []
+    for p in paths:
+        try:
+            check(load(str(p)))
+        except Exception as err:
+            found = find_input_error(err)
+            errors.append(found or InputError(p, f"cannot be loaded ({type(err).__name__}: {err})"))
+    return errors
+
+
 def check_images(paths: list[str | os.PathLike]) -> list[ImageHeader | None]:
-    """Check every image and raise one :class:`InputErrors` listing all bad ones."""
-    headers, errors = [], []
+    """Check every image and raise one :class:`InputErrors` listing all bad ones.
+
+    When any fails its header check, the others are content-checked too (:func:`content_errors`): the run is
+    refused anyway, and the error names every bad file, header and content problems alike.
+    """
+    headers, errors, passed = [], [], []
     for p in paths:
         try:
             headers.append(check_image(p))
+            passed.append(p)
         except InputError as err:
             errors.append(err)
     if errors:
-        raise InputErrors(errors)
+        raise InputErrors(errors + content_errors(passed))
     return headers

@@ -1,8 +1,14 @@
 """``python -m pipeline infer STUDY_DIR --bundle BUNDLE_DIR --out OUT``: classify a DICOM study.
 
-Finds the series of the study, picks the axial CT series (or refuses the study with the reason),
-runs the bundle's ``configs/inference.json`` on that series alone, and writes ``OUT/result.json``
-and a DICOM Comprehensive SR ``OUT/report_sr.dcm`` that references the source study and series.
+Finds the series of the study (:func:`~pipeline.deploy.series.find_series`, tolerant of messy headers), ranks the
+usable axial CT series (:func:`~pipeline.deploy.series.rank_axial_ct_series`: original, soft kernel, the model's
+slice thickness, no contrast, chest), and takes the first one that passes the chest check
+(:class:`~pipeline.transforms.plausibility.CheckChestCT`) on its loaded volume. The bundle's
+``configs/inference.json`` runs on that series alone; ``OUT/result.json`` and a DICOM TID 1500 SR
+``OUT/report_sr.dcm`` record the prediction and the chosen series, its kernel and slice thickness.
+
+Exit status: 0 with a prediction; 2 (refused) with ``error: <folder>: <reason>`` when no series can be used,
+naming each series and why (see :mod:`pipeline.utils.guard`).
 """
 
 from __future__ import annotations
@@ -10,15 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.deploy.series import MIN_SLICES, SeriesInfo, find_series, select_axial_ct_series
-from pipeline.deploy.sr import result_json, write_structured_report
+from pipeline.deploy.bundle import bundle_metadata, run_bundle_inference
+from pipeline.deploy.series import (
+    DEFAULT_THICKNESS_MM,
+    MIN_SLICES,
+    SeriesInfo,
+    find_series,
+    rank_axial_ct_series,
+)
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
-
-PREDICTION_KEYS = ("image", "prob_normal", "prob_pneumonia", "prediction")
 
 
 def stage_series(series: SeriesInfo, folder: str | os.PathLike) -> Path:
@@ -32,45 +44,40 @@ def stage_series(series: SeriesInfo, folder: str | os.PathLike) -> Path:
     return folder
 
 
-def bundle_metadata(bundle_dir: str | os.PathLike) -> tuple[str, str]:
-    """The bundle's name and version from ``configs/metadata.json``."""
-    path = Path(bundle_dir) / "configs" / "metadata.json"
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(path, f"cannot read the bundle metadata: {err}") from err
-    return str(meta.get("name", Path(bundle_dir).name)), str(meta.get("version", "unknown"))
+def model_facts(bundle_dir: str | os.PathLike) -> tuple[float | None, float]:
+    """The bundle model's decision threshold (None without weights) and the slice spacing (mm) it resamples to."""
+    from pipeline.engine import record, threshold
+
+    model = Path(bundle_dir) / "models" / "model.pt"
+    if not model.is_file():
+        return None, DEFAULT_THICKNESS_MM
+    pixdim = record.read(model).get("preprocessing", {}).get("pixdim") or [DEFAULT_THICKNESS_MM] * 3
+    return threshold.load([str(model)]), float(pixdim[-1])
 
 
-def run_bundle_inference(
-    bundle_dir: str | os.PathLike, image_path: str | os.PathLike, output_dir: str | os.PathLike
-) -> dict[str, Any]:
-    """Run the bundle's ``run`` workflow on ``image_path`` and return its prediction record.
+def choose_chest_series(candidates: Sequence[SeriesInfo], folder: str | os.PathLike, study_dir: Path) -> SeriesInfo:
+    """The first of ``candidates`` whose loaded volume passes the chest check; staged in ``folder``.
 
-    The record comes from ``output_dir/predictions.json`` (a list of
-    ``{"image", "prob_normal", "prob_pneumonia", "prediction"}``); the one for ``image_path``
-    is returned, or the only one if the bundle names images differently.
+    Raises:
+        InputError: none passes, naming each series and its problem.
     """
-    from monai.bundle import run
+    from monai.transforms import LoadImage
 
-    configs = Path(bundle_dir) / "configs"
-    output_dir = Path(output_dir)
-    run(
-        run_id="run",
-        config_file=str(configs / "inference.json"),
-        meta_file=str(configs / "metadata.json"),
-        logging_file=str(configs / "logging.conf"),
-        bundle_root=str(bundle_dir),
-        dataset_dir=str(image_path),
-        output_dir=str(output_dir),
-    )
-    table = output_dir / "predictions.json"
-    records = json.loads(table.read_text())
-    matches = [r for r in records if Path(str(r.get("image", ""))).resolve() == Path(image_path).resolve()]
-    chosen = matches or (records if len(records) == 1 else [])
-    if len(chosen) != 1 or any(k not in chosen[0] for k in PREDICTION_KEYS):
-        raise RuntimeError(f"{table}: expected one record with {PREDICTION_KEYS} for {image_path}, got {records}")
-    return chosen[0]
+    from pipeline.transforms.plausibility import CheckChestCT
+    from pipeline.utils.guard import find_input_error
+
+    load, check, reasons = LoadImage(reader="PydicomReader", image_only=True), CheckChestCT(), []
+    for series in candidates:
+        staged = stage_series(series, folder)
+        try:
+            check(load(str(staged)), filename=str(series))
+            return series
+        except Exception as err:
+            found = find_input_error(err)
+            if found is None:
+                raise
+            reasons.append(f"{series}: {found.problem}")
+    raise InputError(study_dir, "no series is a chest CT: " + "; ".join(reasons))
 
 
 def infer_study(
@@ -79,14 +86,21 @@ def infer_study(
     out_dir: str | os.PathLike,
     min_slices: int = MIN_SLICES,
 ) -> dict[str, Any]:
-    """Classify the axial CT series of ``study_dir``; write ``result.json`` and ``report_sr.dcm`` in ``out_dir``."""
+    """Classify the best chest CT series of ``study_dir``; write ``result.json`` and ``report_sr.dcm`` in ``out``."""
+    from pipeline.deploy.sr import result_json, write_structured_report
+
     out = Path(out_dir)
-    source = select_axial_ct_series(find_series(study_dir), study_dir, min_slices)
     name, version = bundle_metadata(bundle_dir)
-    series_dir = stage_series(source, out / "series")
-    prediction = run_bundle_inference(bundle_dir, series_dir, out / "bundle_output")
-    summary = result_json(prediction, source, name, version)
-    summary["report"] = str(write_structured_report(prediction, source, out / "report_sr.dcm", name, version))
+    threshold, thickness = model_facts(bundle_dir)
+    candidates = rank_axial_ct_series(find_series(study_dir), study_dir, min_slices, thickness)
+    source = choose_chest_series(candidates, out / "series", Path(study_dir))
+    for note in source.notes:
+        warnings.warn(f"{study_dir}: {source}: {note}", stacklevel=2)
+    prediction = run_bundle_inference(bundle_dir, out / "series", out / "bundle_output")
+    summary = result_json(prediction, source, name, version, threshold)
+    summary["report"] = str(
+        write_structured_report(prediction, source, out / "report_sr.dcm", name, version, threshold)
+    )
     atomic_write_text(out / "result.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -102,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     summary = infer_study(args.study_dir, args.bundle, args.out, args.min_slices)
     print(
         f"{summary['prediction']} (P(pneumonia) = {summary['prob_pneumonia']:.3f}) for series "
-        f"{summary['series_instance_uid']}; wrote {args.out / 'result.json'} and {summary['report']}"
+        f"{summary['series_instance_uid']} (kernel {summary['kernel'] or 'unknown'}, "
+        f"{summary['slice_thickness_mm'] or '?'} mm); wrote {args.out / 'result.json'} and {summary['report']}"
     )
     return 0

@@ -4,8 +4,8 @@ Measures the same figures, with the same lung mask (:func:`pipeline.transforms.l
 studies of a synthetic cohort (grouped by category, ``CT-0`` ... ``CT-4``) and on real chest CTs found
 under ``REAL_DIR`` (NIfTI files and DICOM series folders; grouped by path: ``.../covid_positive/...``
 is "RICORD positive", ``.../covid_negative/...`` "RICORD negative", everything else "real normal").
-A real scan that is not a chest CT (aerated body fraction below the project's chest-CT threshold,
-:data:`pipeline.transforms.plausibility.MIN_AERATED_FRACTION`: an abdomen) goes to its own group,
+A real scan that is not a chest CT (aerated lung volume below the project's chest-CT threshold,
+:data:`pipeline.transforms.plausibility.MIN_AERATED_ML`: an abdomen) goes to its own group,
 "real non-chest", and is logged, so that it does not pollute "real normal".
 
 Figures of one scan (volume loaded with MONAI ``LoadImage`` and ``Orientation("RAS")``):
@@ -826,7 +826,7 @@ def compare(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Measure every scan; a real scan that is not a chest CT moves to "real non-chest" (logged)."""
-    from pipeline.transforms.plausibility import MIN_AERATED_FRACTION
+    from pipeline.transforms.plausibility import MIN_AERATED_ML, aerated_lung_ml
 
     records = []
     for scan in scans:
@@ -834,12 +834,13 @@ def compare(
         volume, spacing = load_ras(scan.path)
         rec = measure(volume, spacing)
         group = scan.group
-        if not scan.synthetic and rec["aerated_body_fraction"] < MIN_AERATED_FRACTION:
+        aerated_ml = None if scan.synthetic else aerated_lung_ml(volume, np.diag([*spacing, 1.0]))
+        if aerated_ml is not None and aerated_ml < MIN_AERATED_ML:
             logger.warning(
-                "%s: aerated fraction of the body %.1f%% < %.0f%%: not a chest CT, reported as %r",
+                "%s: %.0f mL of aerated lung < %.0f mL: not a chest CT, reported as %r",
                 scan.path,
-                100 * rec["aerated_body_fraction"],
-                100 * MIN_AERATED_FRACTION,
+                aerated_ml,
+                MIN_AERATED_ML,
                 REAL_NONCHEST,
             )
             group = REAL_NONCHEST

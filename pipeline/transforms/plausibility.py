@@ -1,21 +1,25 @@
 """Is this loaded volume a plausible chest CT in Hounsfield units? MONAI transforms that refuse it if not.
 
 Run on the volume as loaded (``LoadImage`` applies the DICOM rescale, so values are HU), before any
-intensity scaling or resampling. The thresholds come from the physics of CT, not from the test data:
+intensity scaling or resampling. The thresholds come from the physics and anatomy of CT, not from the test data:
 
+- Padding is masked before any check: voxels at or below ``PADDING_MAX_HU`` (-2000 HU; scanners pad the
+  field of view with -2048, -3024 or -32768, or -32768 stored with a -1024 intercept) and voxels equal to the
+  rescaled ``PixelPaddingValue`` when the image meta carries it. Nothing in a patient lies below -1024 HU.
 - CT numbers are 16-bit signed integers after the rescale (air -1000 HU, water 0 HU, cortical bone
-  and metal up to about +3000 HU, extended scales up to about +30000 HU): values outside
-  [-32768, 32767] are not HU.
+  and metal up to about +3000 HU, extended scales up to about +30000 HU): values above 32767 are not HU.
 - Every CT of a living chest contains air (outside the body, the airways and the lungs, about
   -1000 HU) or at least aerated lung (about -850 HU): a volume with no value below ``TISSUE_MIN_HU``
   (-500 HU) is another modality (MR, PET), stored values without the rescale, or already normalised.
-- The body is the largest connected region above ``TISSUE_MIN_HU`` (soft tissue, bone), filled slice by
-  slice. Inside it, aerated lung, airways and emphysema lie below ``AERATED_MAX_HU`` (-600 HU; ground
-  glass and consolidation lie above). In a chest CT covering the lungs they fill roughly 15-45% of the
-  body voxels; in an abdomen or pelvis CT only bowel gas and perhaps the lung bases do, about 1-2%.
-  ``MIN_AERATED_FRACTION`` (3%) sits between the two, low enough for chests whose lungs are largely
-  consolidated or that extend far beyond the lungs. Foam mattresses and blankets (about -900 HU) lie
-  outside the body mask and do not count.
+- Aerated lung parenchyma lies between ``GAS_MAX_HU`` (-950 HU; pure gas below: airways, bowel, stomach) and
+  ``AERATED_MAX_HU`` (-600 HU; ground glass and consolidation above). Its volume in mL (voxel spacing from the
+  affine) inside the project's lung mask (:func:`pipeline.transforms.lung.lung_mask`, which leaves out the
+  mattress and most bowel gas) is what makes a chest CT: adult lungs hold 3-6 L, lungs 90 % consolidated still
+  keep 300-400 mL (the synthetic chest with 90 % of its lung consolidated: 307-414 mL), and so does a 24 mm slab
+  of 4 slices through both lungs (306 mL). An abdomen or pelvis CT shows only the lung bases and bowel gas, which
+  partial volume lifts into the parenchyma range on coarse voxels (the real abdomen CT: 109 mL at 3 mm, 196-223 mL
+  block-averaged to 6-9 mm). ``MIN_AERATED_ML`` (250 mL) lies between. The volume is absolute, so a chest-abdomen
+  scan is not diluted by its abdomen as a fraction of the body was.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from typing import Any, ClassVar
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.config import KeysCollection
@@ -33,21 +38,42 @@ from scipy import ndimage
 
 from pipeline.utils.errors import InputError
 
-HU_LIMITS = (-32768.0, 32767.0)
+HU_MAX = 32767.0
 TISSUE_MIN_HU = -500.0
 AERATED_MAX_HU = -600.0
+#: At or below this a voxel inside the body is gas (airways, bowel, stomach), not lung parenchyma.
+GAS_MAX_HU = -950.0
+AIR_HU = -1000.0
+#: At or below this a voxel is padding outside the reconstructed field of view, never anatomy.
+PADDING_MAX_HU = -2000.0
 #: Below this a voxel at the edge of the field of view is air or padding, above it anatomy cut by the edge.
 EDGE_AIR_HU = -950.0
-MIN_AERATED_FRACTION = 0.03
+MIN_AERATED_ML = 250.0
 
-__all__ = ["CheckChestCT", "CheckChestCTd", "aerated_fraction", "body_mask", "slice_axis"]
+__all__ = [
+    "CheckChestCT",
+    "CheckChestCTd",
+    "aerated_fraction",
+    "aerated_lung_ml",
+    "body_mask",
+    "padding_mask",
+    "voxel_spacing",
+]
 
 
-def slice_axis(affine: np.ndarray | torch.Tensor | None) -> int:
-    """The voxel axis closest to the patient's head-feet axis (the axial slice axis); 2 without an affine."""
+def voxel_spacing(affine: np.ndarray | torch.Tensor | None) -> tuple[float, float, float]:
+    """Voxel size (mm) of the first three axes of a 4x4 affine; 1 mm isotropic without one."""
     if affine is None:
-        return 2
-    return int(np.abs(np.asarray(affine, dtype=float)[2, :3]).argmax())
+        return (1.0, 1.0, 1.0)
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def padding_mask(volume: np.ndarray, padding_hu: float | None = None) -> np.ndarray:
+    """Voxels of an HU volume that are padding: at or below ``PADDING_MAX_HU``, or equal to ``padding_hu``."""
+    padding = volume <= PADDING_MAX_HU
+    if padding_hu is not None:
+        padding |= volume == padding_hu
+    return padding
 
 
 def body_mask(volume: np.ndarray, axis: int = 2) -> np.ndarray:
@@ -82,50 +108,83 @@ def aerated_fraction(volume: np.ndarray, axis: int = 2) -> float:
     return float((body & (volume < AERATED_MAX_HU)).sum() / body.sum()) if body.any() else 0.0
 
 
+def aerated_lung_ml(volume: np.ndarray, affine: np.ndarray | torch.Tensor | None = None) -> float:
+    """Aerated lung (mL) of an (X, Y, Z) HU volume: voxels in (``GAS_MAX_HU``, ``AERATED_MAX_HU``) in its lung mask.
+
+    The volume is turned to RAS with ``affine`` (1 mm voxels, RAS, without one) for
+    :func:`pipeline.transforms.lung.lung_mask`; padding (:func:`padding_mask`) counts as air.
+    """
+    from pipeline.transforms.lung import lung_mask  # lung imports this module's constants
+
+    matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    ornt = nib.orientations.io_orientation(matrix)
+    ras = nib.orientations.apply_orientation(np.where(padding_mask(volume), np.float32(AIR_HU), volume), ornt)
+    spacing = np.asarray(voxel_spacing(affine))[ornt[:, 0].argsort()]
+    lung = np.asarray(lung_mask(ras, tuple(spacing)), dtype=bool)
+    parenchyma = lung & (ras > GAS_MAX_HU) & (ras < AERATED_MAX_HU)
+    return float(parenchyma.sum() * np.prod(spacing) / 1000.0)
+
+
+def _padding_hu(meta: Mapping | None) -> float | None:
+    """The rescaled PixelPaddingValue (HU) from DICOM image meta (``"00280120"``, slope, intercept), if present."""
+    if not meta:
+        return None
+    value = meta.get("00280120", meta.get("PixelPaddingValue"))
+    if isinstance(value, Mapping):  # PydicomReader keeps elements as {"vr": ..., "Value": [...]}
+        value = (value.get("Value") or [None])[0]
+    if value is None:
+        return None
+
+    def number(key: str, keyword: str, default: float) -> float:
+        v = meta.get(key, meta.get(keyword, default))
+        v = (v.get("Value") or [default])[0] if isinstance(v, Mapping) else v
+        return float(v)
+
+    return float(value) * number("00281053", "RescaleSlope", 1.0) + number("00281052", "RescaleIntercept", 0.0)
+
+
 class CheckChestCT(Transform):
     """Refuse a volume that is not a plausible chest CT in HU; return it unchanged otherwise.
 
     Args:
-        min_aerated_fraction: the least fraction of body voxels below ``AERATED_MAX_HU`` (see the module docstring).
-        max_inplane: the aerated fraction is measured on every k-th voxel in-plane, k chosen so that slices are
-            at most this wide (a 512 x 512 CT is measured at 128 x 128: 16 times less work, the same fraction).
+        min_aerated_ml: the least aerated lung volume, mL (see the module docstring).
 
     The input is channel-first ``(1, X, Y, Z)`` or ``(X, Y, Z)``, a MetaTensor, tensor or array. Its file
-    name (for the error) comes from ``filename`` or the MetaTensor's ``filename_or_obj``, the slice axis
-    from ``affine`` or the MetaTensor's affine (the last axis without one).
+    name (for the error) comes from ``filename`` or the MetaTensor's ``filename_or_obj``, the orientation and
+    voxel spacing from ``affine`` or the MetaTensor's affine (RAS and 1 mm voxels without one),
+    the padding value from ``padding_hu`` or the MetaTensor's DICOM PixelPaddingValue.
     Raises :class:`~pipeline.utils.errors.InputError` naming the file and the problem.
     """
 
     backend: ClassVar[list[TransformBackends]] = [TransformBackends.TORCH, TransformBackends.NUMPY]
 
-    def __init__(self, min_aerated_fraction: float = MIN_AERATED_FRACTION, max_inplane: int = 128) -> None:
-        self.min_aerated_fraction = min_aerated_fraction
-        self.max_inplane = max_inplane
-
-    def _subsample(self, volume: np.ndarray, axis: int) -> np.ndarray:
-        """Every k-th voxel in-plane so that slices are at most ``max_inplane`` wide (a fraction needs no more)."""
-        inplane = [n for ax, n in enumerate(volume.shape) if ax != axis]
-        step = max(1, min(inplane) // self.max_inplane)
-        return volume[tuple(slice(None) if ax == axis else slice(None, None, step) for ax in range(3))]
+    def __init__(self, min_aerated_ml: float = MIN_AERATED_ML) -> None:
+        self.min_aerated_ml = min_aerated_ml
 
     def __call__(
         self,
         img: np.ndarray | torch.Tensor,
         filename: str | None = None,
         affine: np.ndarray | torch.Tensor | None = None,
+        padding_hu: float | None = None,
     ) -> np.ndarray | torch.Tensor:
         if isinstance(img, MetaTensor):
             filename = filename or img.meta.get("filename_or_obj")
             affine = img.affine if affine is None else affine
+            padding_hu = _padding_hu(img.meta) if padding_hu is None else padding_hu
         name = str(filename or "<array>")
         volume = self._spatial(img, name)
         if not np.isfinite(volume).all():
             bad = int((~np.isfinite(volume)).sum())
             raise InputError(name, f"{bad} voxel(s) are NaN or infinite")
-        low, high = float(volume.min()), float(volume.max())
+        padding = padding_mask(volume, padding_hu)
+        values = volume[~padding]
+        if values.size == 0:
+            raise InputError(name, f"every voxel is padding (at or below {PADDING_MAX_HU:g} HU): no image content")
+        low, high = float(values.min()), float(values.max())
         if low == high:
             raise InputError(name, f"the volume is constant ({low:g}): no image content")
-        if low < HU_LIMITS[0] or high > HU_LIMITS[1]:
+        if high > HU_MAX:
             raise InputError(
                 name, f"values {low:g}..{high:g} lie outside the 16-bit range of CT numbers: not Hounsfield units"
             )
@@ -135,13 +194,12 @@ class CheckChestCT(Transform):
                 f"no air: the lowest value is {low:g}, a CT has air near -1000 HU; this looks like another "
                 "modality (MR, PET), stored values without the rescale, or an already normalised image",
             )
-        axis = slice_axis(affine)
-        fraction = aerated_fraction(self._subsample(volume, axis), axis)
-        if fraction < self.min_aerated_fraction:
+        aerated = aerated_lung_ml(np.where(padding, np.float32(AIR_HU), volume), affine)
+        if aerated < self.min_aerated_ml:
             raise InputError(
                 name,
-                f"not a chest CT: only {fraction:.1%} of the body is aerated lung or airway (below "
-                f"{AERATED_MAX_HU:g} HU); a chest CT has at least {self.min_aerated_fraction:.0%}",
+                f"not a chest CT: only {aerated:.0f} mL of aerated lung ({GAS_MAX_HU:g} to {AERATED_MAX_HU:g} HU); "
+                f"a chest CT has at least {self.min_aerated_ml:g} mL",
             )
         return img
 
@@ -162,20 +220,23 @@ class CheckChestCT(Transform):
 class CheckChestCTd(MapTransform):
     """Dictionary version of :class:`CheckChestCT`: checks ``data[key]`` for each key, returns ``data``.
 
-    The file name comes from the MetaTensor's meta or, for plain arrays, ``data[f"{key}_meta_dict"]``.
+    The file name, affine and padding value come from the MetaTensor's meta or, for plain arrays,
+    ``data[f"{key}_meta_dict"]``.
     """
 
     backend = CheckChestCT.backend
 
     def __init__(
-        self, keys: KeysCollection, min_aerated_fraction: float = MIN_AERATED_FRACTION, allow_missing_keys: bool = False
+        self, keys: KeysCollection, min_aerated_ml: float = MIN_AERATED_ML, allow_missing_keys: bool = False
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.checker = CheckChestCT(min_aerated_fraction)
+        self.checker = CheckChestCT(min_aerated_ml)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             meta = d.get(f"{key}_meta_dict") or {}
-            self.checker(d[key], filename=meta.get("filename_or_obj"), affine=meta.get("affine"))
+            self.checker(
+                d[key], filename=meta.get("filename_or_obj"), affine=meta.get("affine"), padding_hu=_padding_hu(meta)
+            )
         return d

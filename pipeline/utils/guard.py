@@ -1,10 +1,22 @@
-"""Bad input ends a bundle run with one clean message, never a bare traceback.
+"""Bad input ends a bundle run with one clean message, never a bare traceback; batches go on past bad studies.
 
-Policy: a run meets every input before it commits to an answer. Header problems are found by
-:mod:`pipeline.data.imagecheck` for all files at once; content problems (:mod:`pipeline.transforms.plausibility`)
-are found while a :class:`~pipeline.data.cache.CheckedCacheDataset` fills its cache, again for all files at once. Either
-way the run is refused with :class:`~pipeline.utils.errors.InputErrors` listing every bad file, and no
-prediction, metric or checkpoint is written for it.
+Policy. Training meets every input before it commits to an answer: header problems are found by
+:mod:`pipeline.data.imagecheck` for all files at once (with the content problems of the other files when there are
+any), content problems (:mod:`pipeline.transforms.plausibility`) while a
+:class:`~pipeline.data.cache.CheckedCacheDataset` fills its cache, again for all files at once. Either way the run
+is refused with :class:`~pipeline.utils.errors.InputErrors` listing every bad file, and no checkpoint is written.
+
+Inference and evaluation go on past a bad study (:mod:`pipeline.data.refusal`): each bad study gets a row with
+status ``refused`` and its reason in ``predictions.csv``/``.json``, the good ones their predictions (status
+``ok``), and :func:`finish`, the configs' last step, prints ``error: <file>: <problem>`` for each refused study
+and sets the exit status.
+
+Exit statuses (``python -m monai.bundle run ...`` and ``python -m pipeline infer``):
+
+- ``0`` (:data:`EXIT_OK`): every study was predicted.
+- ``2`` (:data:`EXIT_BAD_INPUT`): refused: bad input stopped the run (a training cohort with bad files, a bad
+  config value, no studies), or no study of a batch could be predicted (every row ``refused``).
+- ``3`` (:data:`EXIT_PARTIAL`): partial: some studies were predicted, others refused (rows ``refused``).
 
 ``python -m monai.bundle`` is a Fire CLI that prints a traceback for any exception, and MONAI wraps
 errors raised in configs and transforms in ``RuntimeError("Failed to evaluate ...")`` /
@@ -16,17 +28,24 @@ with status 2; other exceptions keep their traceback.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 
 from pipeline.utils.errors import InputError
 
-__all__ = ["EXIT_BAD_INPUT", "find_input_error", "install"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_PARTIAL", "exit_status", "find_input_error", "finish", "install"]
 
-#: Exit status of a run refused for bad input (argparse's status for a bad command line).
+#: Exit status of a run whose studies were all predicted.
+EXIT_OK = 0
+#: Exit status of a run refused for bad input, or of a batch none of whose studies could be predicted
+#: (argparse's status for a bad command line).
 EXIT_BAD_INPUT = 2
+#: Exit status of a batch that predicted some studies and refused others.
+EXIT_PARTIAL = 3
 
 
 def find_input_error(err: BaseException | None) -> InputError | None:
@@ -62,3 +81,38 @@ def install() -> None:
     """
     if not getattr(sys.excepthook, "pipeline_guard", False):
         sys.excepthook = _excepthook(sys.excepthook)
+
+
+def exit_status(statuses: list[str]) -> int:
+    """:data:`EXIT_OK`, :data:`EXIT_PARTIAL` or :data:`EXIT_BAD_INPUT` for the row statuses of a batch."""
+    refused = sum(s == "refused" for s in statuses)
+    if not refused:
+        return EXIT_OK
+    return EXIT_BAD_INPUT if refused == len(statuses) else EXIT_PARTIAL
+
+
+def finish(output_dir: str | os.PathLike, refusals: object | None = None) -> None:
+    """End a batch run: ``error: <file>: <reason>`` on stderr for each refused row of ``predictions.json``.
+
+    Returns when every study was predicted; otherwise raises ``SystemExit`` with :data:`EXIT_PARTIAL` (some
+    predicted) or :data:`EXIT_BAD_INPUT` (none), after a summary line. A run left with no study to predict
+    (every one refused while a cache filled, so the evaluator never ran) writes the table of ``refusals``
+    (an object with a ``refused`` list, :class:`~pipeline.data.cache.CheckedCacheDataset`) first.
+    """
+    table = Path(output_dir) / "predictions.json"
+    if not table.is_file() and getattr(refusals, "refused", None):
+        from pipeline.evaluation.writer import PredictionWriter
+
+        PredictionWriter(str(output_dir), print_results=False, refusals=refusals).write_refused()
+    rows = json.loads(table.read_text(encoding="utf-8"))
+    refused = [r for r in rows if r.get("status") == "refused"]
+    status = exit_status([r.get("status", "ok") for r in rows])
+    if status == EXIT_OK:
+        return
+    sys.stdout.flush()
+    for row in refused:
+        print(f"error: {row['image']}: {row['reason']}", file=sys.stderr)
+    kind = "partial" if status == EXIT_PARTIAL else "refused"
+    print(f"{kind}: {len(refused)} of {len(rows)} studies refused (status refused in the table)", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(status)

@@ -1,7 +1,8 @@
 """Bad input, through the header checks, the bundle's preprocessing and ``python -m monai.bundle`` itself.
 
 Policy: a run with bad input is refused with ``error: <file>: <problem>`` lines naming every bad file
-(exit status 2, no traceback) and writes no prediction, metric or checkpoint. Names with spaces and
+(exit status 2, no traceback); training writes no checkpoint, inference and evaluation write a ``refused`` row
+for each bad study (batches that go on past bad studies: ``tests/deploy/test_batch.py``). Names with spaces and
 non-ASCII letters simply work.
 """
 
@@ -256,17 +257,20 @@ def test_evaluation_refuses_implausible_content_and_writes_nothing(tmp_path, unt
         "--bundle_root", str(untrained_bundle), "--dataset_dir", str(cohort.parent),
         "--output_dir", str(tmp_path / "eval"), *TINY, check=False,
     )  # fmt: skip
-    refused(proc, list(expected))
-    assert not (tmp_path / "eval" / "predictions.csv").exists()
+    refused(proc, list(expected))  # every study refused: status 2, a refused row each, no metrics
+    rows = json.loads((tmp_path / "eval" / "predictions.json").read_text())
+    assert sorted(Path(r["image"]).name for r in rows if r["status"] == "refused") == sorted(expected)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
 
 
 @pytest.mark.slow
 def test_inference_refuses_bad_files_and_a_non_chest_ct(tmp_path, untrained_bundle, real_series, real_abdomen):
     expected = write_header_corpus(tmp_path / "bad", real_series)
     refused(infer(untrained_bundle, tmp_path / "bad", tmp_path / "out"), list(expected))
-    proc = infer(untrained_bundle, real_abdomen, tmp_path / "out")
+    rows = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert {r["status"] for r in rows} == {"refused"} and all(r["prob_pneumonia"] == "" for r in rows)
+    proc = infer(untrained_bundle, real_abdomen, tmp_path / "out2")
     refused(proc, [f"{real_abdomen}: not a chest CT"])
-    assert not (tmp_path / "out").exists(), "no prediction for a refused run"
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import struct
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import write_nifti
+from conftest import chest, write_nifti
 
 from pipeline.data.imagecheck import MAX_VOXELS, check_image, check_images, check_nifti
 from pipeline.utils.errors import InputError, InputErrors
@@ -121,8 +121,8 @@ def test_zero_voxel_size(tmp_path):
         check_image(path)
 
 
-def test_check_images_lists_every_bad_file(tmp_path, nifti):
-    good = nifti("good.nii.gz")
+def test_check_images_lists_every_bad_file(tmp_path):
+    good = write_nifti(tmp_path / "good.nii.gz", *chest(seed=0))  # header and content sound
     (tmp_path / "a.nii.gz").touch()
     (tmp_path / "b.nii.gz").write_text("text")
     with pytest.raises(InputErrors) as err:

@@ -1,4 +1,7 @@
-"""pipeline.deploy.dicom / pipeline.deploy.infer on the real DICOM fixture and on studies derived from it."""
+"""pipeline.deploy.series / sr / infer on the real DICOM fixture and on studies derived from it.
+
+The always-on DICOM tests, on series the project writes itself, are in ``test_clinical_input.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pydicom.uid import generate_uid
 from pipeline.__main__ import main
 from pipeline.deploy.infer import infer_study, stage_series
 from pipeline.deploy.series import find_series, select_axial_ct_series
-from pipeline.deploy.sr import DISCLAIMER, result_json, write_structured_report
+from pipeline.deploy.sr import result_json, write_structured_report
 from pipeline.utils.errors import InputError
 
 RESULT = {"image": "x", "prob_normal": 0.25, "prob_pneumonia": 0.75, "prediction": "pneumonia"}
@@ -105,7 +108,7 @@ def _mixed_orientation(ds: pydicom.Dataset) -> None:
         (lambda f: f[:10], None, "fewer than 16 slices"),
         (lambda f: f, _mixed_sizes, "mixed slice sizes"),
         (lambda f: f, _mixed_orientation, "mixed slice orientations"),
-        (lambda f: f[:10] + f[11:], None, "slice spacing varies from 8 to 16 mm"),
+        (lambda f: f[:10] + f[12:20], None, "fewer than 16 slices"),  # the longest evenly spaced run: 10
         (lambda f: f + f[:1], None, "several slices at the same position"),
     ],
     ids=["empty", "mr", "coronal", "one-slice", "few-slices", "sizes", "orientations", "gap", "duplicate"],
@@ -122,20 +125,28 @@ def test_structured_report_references_source_and_carries_the_result(tmp_path, re
     out = write_structured_report({**RESULT, "prediction": 1}, source, tmp_path / "sr.dcm", "model-x", "1.2.3")
     assert [p.name for p in tmp_path.iterdir()] == ["sr.dcm"]  # no temporary file left behind
     sr = pydicom.dcmread(out)
-    assert sr.SOPClassUID == pydicom.uid.ComprehensiveSRStorage
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
     assert sr.StudyInstanceUID == source.study_uid and sr.SeriesInstanceUID != source.uid
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
     assert evidence.StudyInstanceUID == source.study_uid
     assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.uid
     referenced = {r.ReferencedSOPInstanceUID for r in evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence}
     assert referenced == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in source.files}
-    items = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in sr.ContentSequence}
+    items = content_items(sr)
     assert items["Finding"].ConceptCodeSequence[0].CodeMeaning == "Pneumonia"
     assert float(items["Probability of normal"].MeasuredValueSequence[0].NumericValue) == 0.25
     assert float(items["Probability of pneumonia"].MeasuredValueSequence[0].NumericValue) == 0.75
     assert (items["Algorithm Name"].TextValue, items["Algorithm Version"].TextValue) == ("model-x", "1.2.3")
-    assert items["Comment"].TextValue == DISCLAIMER
     assert "not for clinical use" in sr.SeriesDescription
+
+
+def content_items(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
+    """Every content item of an SR tree by its concept name's meaning (the last one of a name wins)."""
+    found = {}
+    for item in sr.get("ContentSequence", []):
+        found[item.ConceptNameCodeSequence[0].CodeMeaning] = item
+        found.update(content_items(item))
+    return found
 
 
 def test_result_json_summarises_the_prediction(real_series):

@@ -21,8 +21,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import REPO, run_bundle
+from conftest import REPO, chest, run_bundle, write_nifti
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,8 @@ ML_VENV = Path(os.environ.get("MONAILABEL_VENV", REPO / ".venv-monailabel"))
 MODEL = "chest_ct_pneumonia_classification"
 #: The scans served: two of each class, named after their category.
 STUDIES = {"CT-0": ("normal", 2), "CT-3": ("pneumonia", 2)}
+#: A scan served beside them that the bundle refuses on its content.
+REFUSED_SCAN = "bad_constant"
 READY_TIMEOUT_S = 60.0
 
 
@@ -93,11 +96,13 @@ def bundle(trained_bundle, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def studies(tiny_cohort, tmp_path_factory) -> Path:
-    """A MONAI Label studies folder: synthetic NIfTI scans of both classes."""
+    """A MONAI Label studies folder: synthetic NIfTI scans of both classes, and one constant volume."""
     folder = tmp_path_factory.mktemp("ml_studies")
     for category, (_, n) in STUDIES.items():
         for src in sorted((tiny_cohort / "studies" / category).glob("*.nii.gz"))[:n]:
             shutil.copy(src, folder / f"{category}_{src.name}")
+    volume, affine = chest(seed=0)
+    write_nifti(folder / f"{REFUSED_SCAN}.nii.gz", np.full(volume.shape, -1000, np.int16), affine)
     return folder
 
 
@@ -160,8 +165,18 @@ def test_infer_matches_bundle_prediction(server, bundle, studies, tmp_path):
     assert_same_scores(server, bundle, studies, tmp_path)
 
 
+def test_a_refused_scan_is_answered_422_with_the_reason(server):
+    url = f"{server}/infer/{MODEL}?image={REFUSED_SCAN}&output=json"
+    body = urllib.parse.urlencode({"params": "{}"}).encode()
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=300)
+    assert err.value.code == 422
+    detail = json.loads(err.value.read())["detail"]
+    assert detail.startswith("refused: ") and f"{REFUSED_SCAN}.nii.gz: the volume is constant" in detail
+
+
 def test_train_rewrites_checkpoint_and_infer_follows(server, bundle, studies, tmp_path):
-    for scan in studies.glob("*.nii.gz"):
+    for scan in studies.glob("CT-*.nii.gz"):
         image_id = scan.name.removesuffix(".nii.gz")
         info = json.dumps({"class": STUDIES[image_id[:4]][0]})
         request(f"{server}/datastore/image/info?image={image_id}", method="PUT", form={"info": info})

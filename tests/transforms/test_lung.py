@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_REALCT
 from monai.data import MetaTensor
 from monai.transforms import LoadImage, Orientation
 from scipy import ndimage
@@ -16,7 +16,7 @@ from pipeline.synth.phantom import generate_study
 from pipeline.transforms.lung import LungMask, LungMaskd, lung_mask, lung_volume_ml
 from pipeline.utils.errors import InputError
 
-REALCT = Path(__file__).resolve().parents[2].parent / "shared" / "realct"
+REALCT = SHARED_REALCT
 CATEGORIES = ("CT-1", "CT-2", "CT-3", "CT-4")
 SEEDS = (0, 1, 2)
 

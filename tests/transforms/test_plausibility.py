@@ -9,8 +9,19 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
 from pipeline.synth.phantom import generate_study
-from pipeline.transforms.plausibility import CheckChestCT, CheckChestCTd, aerated_fraction
+from pipeline.transforms.lung import lung_mask
+from pipeline.transforms.plausibility import (
+    MIN_AERATED_ML,
+    CheckChestCT,
+    CheckChestCTd,
+    aerated_fraction,
+    aerated_lung_ml,
+    voxel_spacing,
+)
 from pipeline.utils.errors import InputError
+
+#: Voxels of the drawn phantom: 48 x 7 mm = 34 cm wide, 12 x 10 mm = 12 cm long, like an adult chest.
+DRAWN = np.diag([7.0, 7.0, 10.0, 1.0])
 
 
 def chest_phantom(shape=(48, 48, 12), lungs: bool = True) -> np.ndarray:
@@ -54,18 +65,57 @@ def test_synthetic_chest_accepted(category, seed):
     CheckChestCT()(MetaTensor(torch.from_numpy(study.image[None].astype(np.float32)), affine=study.affine))
 
 
-def test_drawn_chest_accepted_in_every_layout_and_when_cropped_through_the_lungs():
-    chest = chest_phantom()
+def test_chest_accepted_in_every_layout_and_when_cropped_through_the_lungs():
+    study = generate_study("CT-0", 4, matrix=64)
+    chest = study.image.astype(np.float32)
     for img in (chest, chest[None], torch.from_numpy(chest[None])):
-        assert CheckChestCT()(img) is img
-    crop = chest[8:40, 12:36]  # lungs cut by the field of view: still filled as inside the body
-    assert aerated_fraction(crop) > aerated_fraction(chest) > 0.3
-    CheckChestCT()(crop)
+        assert CheckChestCT()(img, affine=study.affine) is img
+    crop = chest[12:52, 16:48]  # lungs cut by the field of view: still filled as inside the body
+    assert aerated_fraction(crop) > aerated_fraction(chest) > 0.1
+    CheckChestCT()(crop, affine=study.affine)
+    drawn = chest_phantom()
+    assert aerated_fraction(drawn[8:40, 12:36]) > aerated_fraction(drawn) > 0.3
 
 
 def test_body_without_lungs_refused_despite_mattress():
-    with pytest.raises(InputError, match=r"only 0\.0% of the body"):
-        CheckChestCT()(chest_phantom(lungs=False), filename="belly.nii.gz")
+    with pytest.raises(InputError, match=r"only 0 mL of aerated lung"):
+        CheckChestCT()(chest_phantom(lungs=False), filename="belly.nii.gz", affine=DRAWN)
+
+
+def test_the_same_lungs_count_in_millilitres_whatever_the_voxel_size():
+    study = generate_study("CT-0", 5, matrix=64)
+    chest = study.image.astype(np.float32)
+    fine = np.repeat(chest, 2, axis=2)  # half the slice spacing, twice the slices
+    half_z = study.affine @ np.diag([1.0, 1.0, 0.5, 1.0])
+    assert aerated_lung_ml(fine, half_z) == pytest.approx(aerated_lung_ml(chest, study.affine), rel=0.1)
+    with pytest.raises(InputError, match="not a chest CT"):  # the same voxels at 1 mm: 490 times less lung
+        CheckChestCT()(chest)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chest_with_90_percent_of_its_lung_consolidated_is_accepted(seed):
+    study = generate_study("CT-0", seed, matrix=64)
+    volume = study.image.astype(np.float32)
+    lung = lung_mask(volume, voxel_spacing(study.affine))
+    anterior = np.broadcast_to(np.arange(volume.shape[1])[None, :, None], volume.shape)  # RAS: y grows anteriorly
+    dense = lung & (anterior < np.percentile(anterior[lung], 90))  # all but the most anterior tenth, both lungs
+    volume[dense] = 40.0 + np.random.default_rng(seed).normal(0.0, 20.0, int(dense.sum()))
+    assert dense.sum() / lung.sum() > 0.85
+    assert aerated_fraction(volume) < 0.04  # at or under the former rule's 3 % of the body
+    CheckChestCT()(MetaTensor(torch.from_numpy(volume[None]), affine=study.affine))
+    assert MIN_AERATED_ML < aerated_lung_ml(volume, study.affine)
+
+
+@pytest.mark.parametrize("stored,intercept", [(-2048, 0), (-3024, 0), (-32768, -1024)])
+def test_padding_is_masked_before_the_checks(stored, intercept):
+    """Padding outside a round field of view, named by PixelPaddingValue or not: -32768 - 1024 is not refused."""
+    study = generate_study("CT-0", 0, matrix=64)
+    hu = study.image.astype(np.float32)
+    x, y = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
+    hu[(x**2 + y**2) > 1] = stored + intercept
+    meta = {"filename_or_obj": "padded", "00280120": {"vr": "SS", "Value": [stored]}, "00281052": intercept}
+    CheckChestCT()(MetaTensor(torch.from_numpy(hu[None]), affine=study.affine, meta=meta))
+    CheckChestCT()(MetaTensor(torch.from_numpy(hu[None]), affine=study.affine))
 
 
 def _with(value_at_corner: float) -> np.ndarray:
@@ -83,11 +133,12 @@ def _with(value_at_corner: float) -> np.ndarray:
         (chest_phantom() + 1000.0, "no air"),  # MR-like / stored values without the rescale: nothing below 0
         ((chest_phantom() + 1000.0) / 500.0 - 1.0, "no air"),  # normalised to about [-1, 1]
         (_with(1e6), "not Hounsfield units"),
+        (np.full((16, 16, 8), -3024.0), "every voxel is padding"),
         (chest_phantom()[:, :, 0], "expected a 3D volume"),
         (np.stack([chest_phantom()] * 2), "expected a 3D volume"),
         (chest_phantom()[None, :, :, :1], "single slice"),
     ],
-    ids=["nan", "inf", "constant", "mr-like", "normalised", "huge", "2d", "two-channels", "one-slice"],
+    ids=["nan", "inf", "constant", "mr-like", "normalised", "huge", "all-padding", "2d", "two-channels", "one-slice"],
 )
 def test_bad_volume_refused(volume, problem):
     img = MetaTensor(torch.from_numpy(np.ascontiguousarray(volume)), meta={"filename_or_obj": "/data/bad.nii.gz"})

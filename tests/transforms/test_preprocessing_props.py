@@ -22,17 +22,25 @@ from hypothesis import strategies as st
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from pipeline.transforms.chain import deterministic_transforms
+
 SPATIAL_SIZE = [16, 16, 8]
 CHEST = functools.cache(chest)
 
 
 @functools.cache
 def configured() -> tuple[Compose, torch.dtype]:
-    """``deterministic_transforms`` and ``cache_dtype`` of train.json, at :data:`SPATIAL_SIZE`."""
+    """train.json's chain (``preprocessing_params``, ``cache_dtype``) at :data:`SPATIAL_SIZE`, without the chest check.
+
+    The properties hold for any crop and spacing drawn here, including ones that shrink the phantom below a real
+    chest's aerated lung volume, which the chest check rightly refuses (it has its own tests).
+    """
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "train.json"))
     parser["spatial_size"] = SPATIAL_SIZE
-    return Compose(parser.get_parsed_content("deterministic_transforms")), parser.get_parsed_content("cache_dtype")
+    dtype = parser.get_parsed_content("cache_dtype")
+    params = parser.get_parsed_content("preprocessing_params")
+    return Compose(deterministic_transforms(**params, dtype=dtype, check_chest=False)), dtype
 
 
 def reoriented(data: np.ndarray, affine: np.ndarray, order: tuple[int, ...], flips: tuple[bool, ...]):

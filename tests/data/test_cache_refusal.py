@@ -1,0 +1,53 @@
+"""CheckedCacheDataset(refuse="study") and RefusingDataset: a bad study leaves the batch with its reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import chest, write_nifti
+from monai.transforms import Compose
+
+from pipeline.data.cache import CheckedCacheDataset, cached_dataset
+from pipeline.data.refusal import REFUSED, RefusingDataset, collate_refusals
+from pipeline.transforms.chain import deterministic_transforms
+from pipeline.utils.errors import InputErrors
+
+
+@pytest.fixture
+def items(tmp_path) -> list[dict]:
+    """A good chest CT between a file refused on its header and one refused on its content."""
+    volume, affine = chest(seed=1)
+    good = write_nifti(tmp_path / "good.nii.gz", volume, affine)
+    (tmp_path / "text.nii.gz").write_text("not an image")
+    constant = write_nifti(tmp_path / "constant.nii.gz", np.full(volume.shape, -1000, np.int16), affine)
+    return [
+        {"image": str(tmp_path / "text.nii.gz"), "label": 0},
+        {"image": str(good), "label": 1},
+        {"image": str(constant), "label": 0},
+    ]
+
+
+def preprocessing() -> Compose:
+    return Compose(deterministic_transforms(spatial_size=(16, 16, 8)))
+
+
+def test_memory_cache_refuses_the_study_not_the_run(items):
+    ds = CheckedCacheDataset(items, preprocessing(), refuse="study", num_workers=1, progress=False)
+    assert len(ds) == 1 and ds[0]["image"].shape == (1, 16, 16, 8) and int(ds[0]["label"]) == 1
+    reasons = {r["image"].rsplit("/", 1)[-1]: r["reason"] for r in ds.refused}
+    assert set(reasons) == {"text.nii.gz", "constant.nii.gz"}
+    assert "not gzip-compressed" in reasons["text.nii.gz"] and "constant" in reasons["constant.nii.gz"]
+    assert all(r["label"] == 0 for r in ds.refused)
+    with pytest.raises(InputErrors):  # training (headers checked before): the whole run, every bad file named
+        CheckedCacheDataset(items[1:], preprocessing(), refuse="run", num_workers=1, progress=False)
+
+
+def test_streaming_dataset_passes_refusals_with_the_batch(items):
+    ds = cached_dataset(items, preprocessing(), cache="none", refuse="study")
+    assert isinstance(ds, RefusingDataset)
+    batch = collate_refusals([ds[i] for i in range(3)])
+    assert batch["image"].shape == (1, 1, 16, 16, 8)
+    assert [r["image"] for r in batch[REFUSED]] == [items[0]["image"], items[2]["image"]]
+    assert collate_refusals([ds[0]]) == {REFUSED: [ds[0][REFUSED]]}
+    with pytest.raises(ValueError, match="needs cache"):
+        cached_dataset(items, preprocessing(), cache="disk", cache_dir="x", refuse="study")
