@@ -16,9 +16,13 @@ from pipeline.utils.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("pipeline.synth.generate", "generate a synthetic chest-CT cohort in the MosMedData layout"),
     "datalist": ("pipeline.data.cohort", "turn a cohort folder into a MONAI datalist JSON with splits"),
-    "report": ("pipeline.evaluation.report", "metrics with bootstrap intervals and a self-contained HTML report"),
+    "report": ("pipeline.evaluation.report", "metrics with confidence intervals and a self-contained HTML report"),
     "infer": ("pipeline.deploy.infer", "classify the axial CT series of a DICOM study; write JSON and a DICOM SR"),
     "cv-summary": ("pipeline.evaluation.cv", "mean and sd of each metric over the folds of a cross-validation"),
+    "ensemble-threshold": (
+        "pipeline.engine.threshold",
+        "choose an ensemble's operating threshold on the ensemble's own validation predictions",
+    ),
     "realism": (
         "pipeline.synth.realism",
         "compare synthetic and real chest CTs: lung HU, texture, vessels, noise, shape",

@@ -78,13 +78,13 @@ def nifti(tmp_path):
 
 @pytest.fixture
 def mosmed_layout(tmp_path):
-    """A tiny cohort in the MosMedData layout: 4 studies in each of CT-0, CT-1, CT-2, CT-3."""
+    """A tiny cohort in the MosMedData layout: 4 studies in each of CT-0, CT-1, CT-2, CT-3 (each its own voxels)."""
     root = tmp_path / "cohort"
     n = 0
     for cat in ("CT-0", "CT-1", "CT-2", "CT-3"):
         for _ in range(4):
             n += 1
-            write_nifti(root / "studies" / cat / f"study_{n:04d}.nii.gz", np.zeros((8, 8, 4), np.int16))
+            write_nifti(root / "studies" / cat / f"study_{n:04d}.nii.gz", np.full((8, 8, 4), n, np.int16))
     return root
 
 

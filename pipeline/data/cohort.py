@@ -5,27 +5,34 @@ Three layouts are read, real or synthetic alike:
 - MosMedData: ``COHORT/studies/CT-0 ... CT-4/study_NNNN.nii.gz`` (``COHORT/CT-N/...`` too);
 - the tutorial's two folders: ``COHORT/CT-0/`` and ``COHORT/CT-23/`` (CT-23 = CT-2 + CT-3);
 - any folder of NIfTI files or DICOM series folders with a labels CSV (columns ``image`` and
-  ``label`` (0/1 or normal/pneumonia) or ``category`` (CT-0 ... CT-4), optional ``study_id``).
+  ``label`` (0/1 or normal/pneumonia) or ``category`` (CT-0 ... CT-4), optional ``study_id``,
+  ``mask`` and ``patient_id``).
 
-A datalist item is ``{"image": path, "label": 0|1, "category": "CT-2", "study_id": "study_0001"}``
-(plus ``"fold"`` for k-fold datalists); the JSON follows MONAI's decathlon layout, with image
-paths relative to the JSON file's folder, so ``monai.data.load_decathlon_datalist`` reads it.
+A datalist item is ``{"image": path, "label": 0|1, "category": "CT-2", "study_id": "study_0001"}``,
+plus ``"mask"`` when the study has a lesion mask (MosMedData's ``COHORT/masks/study_NNNN_mask.nii.gz``
+or a labels CSV's ``mask`` column), ``"patient_id"`` when known and ``"fold"`` for k-fold datalists;
+the JSON follows MONAI's decathlon layout, with image and mask paths relative to the JSON file's
+folder, so ``monai.data.load_decathlon_datalist`` reads it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import os
 import re
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from pipeline.data.imagecheck import check_images, is_dicom_dir, is_dicom_file, is_nifti
 from pipeline.utils.atomic import atomic_write_text
@@ -52,12 +59,16 @@ class Study:
         image: NIfTI file or DICOM series folder.
         category: MosMed category (``CT-0`` ... ``CT-4``, ``CT-23``) or ``None``.
         label: binary label (0 normal, 1 pneumonia) when given directly, else ``None``.
+        mask: lesion mask (NIfTI) of the study, or ``None``.
+        patient_id: the patient the study belongs to, or ``None`` (each study its own patient).
     """
 
     study_id: str
     image: str
     category: str | None = None
     label: int | None = None
+    mask: str | None = None
+    patient_id: str | None = None
 
 
 def study_id_of(path: str | os.PathLike) -> str:
@@ -78,6 +89,12 @@ def scan_images(folder: str | os.PathLike) -> list[str]:
         elif p.is_symlink() and not p.exists():
             found.append(str(p))  # reported as broken by the header checks
     return found
+
+
+def _mask_of(masks: Path, study_id: str) -> str | None:
+    """``masks/<study_id>_mask.nii.gz`` (MosMedData's naming) when it exists."""
+    path = masks / f"{study_id}_mask.nii.gz"
+    return str(path) if path.is_file() else None
 
 
 def _category_dirs(root: Path) -> list[Path]:
@@ -108,7 +125,12 @@ def discover(cohort: str | os.PathLike, labels_csv: str | os.PathLike | None = N
     else:
         cat_dirs = _category_dirs(root)
         if cat_dirs:
-            studies = [Study(study_id_of(p), p, d.name) for d in cat_dirs for p in scan_images(d)]
+            masks = root.parent / "masks" if root.name == "studies" else root / "masks"
+            studies = [
+                Study(study_id_of(p), p, d.name, mask=_mask_of(masks, study_id_of(p)))
+                for d in cat_dirs
+                for p in scan_images(d)
+            ]
         else:
             studies = [Study(study_id_of(p), p) for p in scan_images(root)]
     if not studies:
@@ -142,8 +164,10 @@ def _from_labels_csv(root: Path, labels_csv: Path) -> list[Study]:
     base = root if root.is_dir() else root.parent
     for i, row in enumerate(rows, start=2):
         image = base / row["image"].strip()
-        if not image.exists():
-            missing.append(f"row {i}: {image}")
+        mask = base / row["mask"].strip() if (row.get("mask") or "").strip() else None
+        absent = [str(p) for p in (image, mask) if p is not None and not p.exists()]
+        if absent:
+            missing.append(f"row {i}: {', '.join(absent)}")
             continue
         category = (row.get("category") or "").strip() or None
         if category is not None and category not in CATEGORIES and category not in MERGED:
@@ -152,7 +176,8 @@ def _from_labels_csv(root: Path, labels_csv: Path) -> list[Study]:
         if label is None and category is None:
             raise InputError(labels_csv, f"row {i}: neither a label nor a category")
         sid = (row.get("study_id") or "").strip() or study_id_of(image)
-        studies.append(Study(sid, str(image), category, label))
+        patient = (row.get("patient_id") or "").strip() or None
+        studies.append(Study(sid, str(image), category, label, str(mask) if mask else None, patient))
     if missing:
         raise InputError(labels_csv, f"{len(missing)} row(s) name files that do not exist: {missing[:10]}")
     return studies
@@ -203,80 +228,257 @@ def to_items(
         item = {"image": s.image, "study_id": s.study_id, "category": s.category or ""}
         if label is not None:
             item["label"] = label
+        if s.mask is not None:
+            item["mask"] = s.mask
+        if s.patient_id is not None:
+            item["patient_id"] = s.patient_id
         items.append(item)
     if dropped:
         logger.info("left out %s (neither normal nor abnormal)", dict(dropped))
     return items
 
 
-def _strata(items: Sequence[dict]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        groups[f"{item.get('label', '')}/{item.get('category', '')}"].append(i)
-    return groups
+SPLITS = ("training", "validation", "test")
+
+
+def study_key(item: Mapping) -> str:
+    """The study id of a datalist item (its ``study_id``, else its image's name)."""
+    return str(item.get("study_id") or study_id_of(item["image"]))
+
+
+def _stratum(item: Mapping, fine: bool = True) -> str:
+    return f"{item.get('label', '')}/{item.get('category', '')}" if fine else str(item.get("label", ""))
+
+
+def _groups(items: Sequence[Mapping]) -> list[str]:
+    """One group per patient (``patient_id``), else per study: a group never straddles two splits."""
+    return [f"patient:{it['patient_id']}" if it.get("patient_id") else f"study:{study_key(it)}" for it in items]
+
+
+def _holdout(items: Sequence[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """``items`` split into (kept, held out): ``fraction`` of the patients held out, stratified and seeded.
+
+    ``sklearn.model_selection.train_test_split`` over patients (studies without a ``patient_id`` count as
+    patients of their own), stratified by (label, category) of each patient's most severe study, by label
+    alone when a stratum is too small for that, and unstratified when even that fails.
+    """
+    if fraction == 0:
+        return [dict(it) for it in items], []
+    groups = _groups(items)
+    names = sorted(set(groups))
+    for fine in (True, False, None):
+        strata = None
+        if fine is not None:
+            worst: dict[str, str] = {}
+            for g, it in zip(groups, items):
+                worst[g] = max(worst.get(g, ""), _stratum(it, fine))
+            strata = [worst[g] for g in names]
+        try:
+            _, held = train_test_split(names, test_size=fraction, random_state=seed, stratify=strata)
+            break
+        except ValueError:
+            if fine is None:
+                raise
+            logger.info("too few studies to stratify by %s", "label and category" if fine else "label")
+    held_set = set(held)
+    return (
+        [dict(it) for it, g in zip(items, groups) if g not in held_set],
+        [dict(it) for it, g in zip(items, groups) if g in held_set],
+    )
 
 
 def assign_folds(items: Sequence[dict], n_folds: int, seed: int = 0) -> list[int]:
-    """A fold index per item, stratified by (label, category) and seeded; fold sizes differ by <= 1 per stratum."""
+    """A fold index per item: ``StratifiedGroupKFold`` by (label, category), one patient in one fold, seeded."""
     if n_folds < 2:
         raise ValueError(f"need at least 2 folds, got {n_folds}")
-    rng = np.random.default_rng(seed)
     folds = [0] * len(items)
-    offset = 0
-    for _, idx in sorted(_strata(items).items()):
-        for j, i in enumerate(rng.permutation(idx)):
-            folds[int(i)] = (j + offset) % n_folds
-        offset += len(idx)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # a stratum smaller than n_folds is not an error
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+        parts = list(splitter.split(np.zeros(len(items)), [_stratum(it) for it in items], _groups(items)))
+    for k, (_, held) in enumerate(parts):
+        for i in held:
+            folds[int(i)] = k
     return folds
 
 
 def train_val_split(items: Sequence[dict], val_fraction: float = 0.3, seed: int = 0) -> tuple[list, list]:
-    """The tutorial's hold-out split (70/30 by default), stratified by (label, category) and seeded."""
+    """A hold-out split (70/30 by default), stratified by (label, category), by patient when known, seeded."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    val_idx: set[int] = set()
-    for _, idx in sorted(_strata(items).items()):
-        n_val = round(val_fraction * len(idx))
-        val_idx.update(int(i) for i in rng.permutation(idx)[:n_val])
-    train = [dict(it) for i, it in enumerate(items) if i not in val_idx]
-    val = [dict(it) for i, it in enumerate(items) if i in val_idx]
-    return train, val
+    return _holdout(items, val_fraction, seed)
 
 
 def split(
-    items: Sequence[dict], fold: int | None = None, val_fraction: float = 0.3, seed: int = 0, n_folds: int = 5
+    items: Sequence[dict],
+    fold: int | None = None,
+    val_fraction: float = 0.3,
+    seed: int = 0,
+    n_folds: int = 5,
+    test_fraction: float = 0.2,
 ) -> dict[str, list[dict]]:
-    """``{"training": [...], "validation": [...]}``: the hold-out split, or fold ``fold`` of ``n_folds``.
+    """``{"training", "validation", "test"}``: a nested split of ``items``.
 
-    Items already carrying a ``"fold"`` key (from a k-fold datalist) keep their folds.
+    The test split is held out first: ``test_fraction`` of the studies, or fold ``fold`` of ``n_folds``
+    (items already carrying a ``"fold"`` key, from a k-fold datalist, keep their folds). Validation is then
+    ``val_fraction`` of the remaining studies. Every split is stratified by (label, category), keeps each
+    ``patient_id``'s studies together and is seeded.
     """
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if fold is None:
-        train, val = train_val_split(items, val_fraction, seed)
-        return {"training": train, "validation": val}
-    folds = [it["fold"] for it in items] if all("fold" in it for it in items) else assign_folds(items, n_folds, seed)
-    if not 0 <= fold < max(folds) + 1:
-        raise ValueError(f"fold {fold} out of range 0..{max(folds)}")
-    return {
-        "training": [dict(it) for it, f in zip(items, folds) if f != fold],
-        "validation": [dict(it) for it, f in zip(items, folds) if f == fold],
+        rest, test = _holdout(items, test_fraction, seed)
+    else:
+        folds = (
+            [it["fold"] for it in items] if all("fold" in it for it in items) else assign_folds(items, n_folds, seed)
+        )
+        if not 0 <= fold < max(folds) + 1:
+            raise ValueError(f"fold {fold} out of range 0..{max(folds)}")
+        rest = [dict(it) for it, f in zip(items, folds) if f != fold]
+        test = [dict(it) for it, f in zip(items, folds) if f == fold]
+    train, val = train_val_split(rest, val_fraction, seed)
+    return {"training": train, "validation": val, "test": test}
+
+
+def _size(path: str) -> int:
+    """Bytes of a file, or of every file in a DICOM series folder."""
+    p = Path(path)
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return p.stat().st_size if p.exists() else -1
+
+
+def cohort_fingerprint(items: Iterable[Mapping]) -> str:
+    """sha256 over the sorted (study id, label, category, file size) rows of a cohort: changes with any study."""
+    rows = sorted(
+        {(study_key(it), str(it.get("label", "")), str(it.get("category", "")), _size(it["image"])) for it in items}
+    )
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+
+
+def split_fingerprint(splits: Mapping[str, Sequence[Mapping]]) -> str:
+    """sha256 over the cohort's fingerprint and the sorted study ids of each split."""
+    members = {k: sorted(study_key(it) for it in v) for k, v in sorted(splits.items())}
+    cohort = cohort_fingerprint(it for v in splits.values() for it in v)
+    return hashlib.sha256(json.dumps([cohort, members]).encode()).hexdigest()
+
+
+def study_digest(item: Mapping) -> str:
+    """sha256 of a study's image: the file's bytes, or the names and bytes of a DICOM series folder's files.
+
+    What "the same study" means when another cohort is scored: the same scan, whatever its id or folder (two
+    cohorts may both call different scans ``study_0001``; a copied scan keeps its bytes).
+    """
+    path = Path(item["image"])
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        if path.is_dir():
+            digest.update(f.relative_to(path).as_posix().encode())
+        with open(f, "rb") as fh:
+            digest.update(hashlib.file_digest(fh, "sha256").digest())
+    return digest.hexdigest()
+
+
+def write_split(path: str | os.PathLike, splits: Mapping[str, Sequence[Mapping]], **params: Any) -> Path:
+    """Write ``split.json`` (atomically): the study ids of each split, ``params``, the cohort's fingerprint and
+    the :func:`study_digest` of every study trained or validated on (``seen_sha256``, id to digest).
+
+    The bundle writes it beside the checkpoint when a training run starts; an evaluation of that model
+    reads it (:func:`evaluation_items`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    seen = [it for k in ("training", "validation") for it in splits.get(k, [])]
+    record = {
+        "fingerprint": cohort_fingerprint(it for v in splits.values() for it in v),
+        **params,
+        **{k: sorted(study_key(it) for it in splits.get(k, [])) for k in SPLITS},
+        "seen_sha256": {study_key(it): study_digest(it) for it in sorted(seen, key=study_key)},
     }
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def evaluation_items(
+    items: Sequence[dict],
+    split_files: str | os.PathLike | Sequence[str | os.PathLike],
+    allow_seen: bool | str = False,
+    fold: int | None = None,
+) -> list[dict]:
+    """The studies an evaluation of a trained model (or ensemble) scores, given each member's ``split.json``.
+
+    - The models' own training cohort (same fingerprint): the studies in every member's test split, or, with
+      ``allow_seen``, every study.
+    - Another cohort or datalist: every study, but studies a member trained or validated on (the same image
+      bytes, :func:`study_digest`, whatever the id) are refused, naming how many and which; with ``allow_seen``
+      they are scored.
+
+    With ``allow_seen``, every item carries ``"seen_in_training"`` (True for studies a member trained or
+    validated on). Models without a ``split.json`` (trained before splits were recorded) are not checked,
+    with a warning.
+
+    Raises:
+        InputError: seen studies without ``allow_seen``; an empty test split; a ``fold`` a model was not
+            trained for.
+    """
+    paths = [Path(split_files)] if isinstance(split_files, str | os.PathLike) else [Path(p) for p in split_files]
+    allow_seen = as_bool(allow_seen, "allow_seen")
+    for path in paths:
+        if not path.is_file():
+            logger.warning("no %s: nothing guards against scoring studies this model was trained on", path)
+    records = {path: json.loads(path.read_text(encoding="utf-8")) for path in paths if path.is_file()}
+    if not records:
+        return list(items)
+    for path, record in records.items():
+        if fold is not None and fold != record.get("fold"):
+            raise InputError(path, f"this model was trained with fold {record.get('fold')}, not fold {fold}")
+    seen = {digest for r in records.values() for digest in r["seen_sha256"].values()}
+    if allow_seen:
+        marked = [{**it, "seen_in_training": study_digest(it) in seen} for it in items]
+        n = sum(it["seen_in_training"] for it in marked)
+        logger.warning("scoring %d studies the model was trained or validated on (allow_seen)", n)
+        return marked
+    where = ", ".join(map(str, records))
+    if all(cohort_fingerprint(items) == r["fingerprint"] for r in records.values()):
+        test = set.intersection(*(set(r["test"]) for r in records.values()))
+        if not test:
+            raise InputError(where, "no test split of the model's cohort is left: evaluate on studies it has not seen")
+        logger.info("the model's training cohort: scoring its %d test studies (%s)", len(test), where)
+        return [dict(it) for it in items if study_key(it) in test]
+    hits = sorted(study_key(it) for it in items if study_digest(it) in seen)
+    if hits:
+        raise InputError(
+            where,
+            f"{len(hits)} of the {len(items)} studies to score were used to train or validate this model: "
+            f"{', '.join(hits[:20])}{' ...' if len(hits) > 20 else ''}. Evaluate on the training cohort itself "
+            "(its test split is scored) or on unseen studies, or pass --allow_seen true to score them marked "
+            "seen_in_training",
+        )
+    return list(items)
+
+
+#: Item keys that hold file paths (relative to the datalist JSON's folder on disk).
+PATH_KEYS = ("image", "mask")
 
 
 def _relative(items: list[dict], base: Path) -> list[dict]:
     out = []
     for it in items:
         it = dict(it)
-        try:
-            it["image"] = os.path.relpath(it["image"], base)
-        except ValueError:  # another drive on Windows
-            it["image"] = os.path.abspath(it["image"])
+        for key in PATH_KEYS:
+            if key not in it:
+                continue
+            try:
+                it[key] = os.path.relpath(it[key], base)
+            except ValueError:  # another drive on Windows
+                it[key] = os.path.abspath(it[key])
         out.append(it)
     return out
 
 
 def write_datalist(datalist: dict[str, list[dict]], out: str | os.PathLike) -> Path:
-    """Write a datalist JSON atomically, image paths relative to its folder."""
+    """Write a datalist JSON atomically, image and mask paths relative to its folder."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     base = out.parent.resolve()
@@ -286,10 +488,10 @@ def write_datalist(datalist: dict[str, list[dict]], out: str | os.PathLike) -> P
 
 
 def read_datalist(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict[str, list[dict]]:
-    """Read a datalist JSON; relative image paths resolve against its folder.
+    """Read a datalist JSON; relative image and mask paths resolve against its folder.
 
     Args:
-        root: when given, every image must lie inside this folder (a guard against datalists
+        root: when given, every image and mask must lie inside this folder (a guard against datalists
             that reach outside their data root).
     """
     path = Path(path)
@@ -311,14 +513,15 @@ def read_datalist(path: str | os.PathLike, root: str | os.PathLike | None = None
         for n, it in enumerate(items):
             if not isinstance(it, dict) or "image" not in it:
                 raise InputError(path, f"{key}[{n}]: each item needs an 'image' key")
-            image = (base / it["image"]).resolve()
-            if limit is not None and not image.is_relative_to(limit):
-                raise InputError(
-                    path,
-                    f"{key}[{n}]: image {it['image']!r} lies outside the data root {limit} "
-                    "(set --data_root, or --allow_outside_data_root true if you trust this datalist)",
-                )
-            resolved.append({**it, "image": str(image)})
+            paths = {k: (base / it[k]).resolve() for k in PATH_KEYS if it.get(k)}
+            for k, p in paths.items():
+                if limit is not None and not p.is_relative_to(limit):
+                    raise InputError(
+                        path,
+                        f"{key}[{n}]: {k} {it[k]!r} lies outside the data root {limit} "
+                        "(set --data_root, or --allow_outside_data_root true if you trust this datalist)",
+                    )
+            resolved.append({**it, **{k: str(p) for k, p in paths.items()}})
         out[key] = resolved
     return out
 
@@ -341,30 +544,36 @@ def load_split(
     check: bool = True,
     data_root: str | None = None,
     n_folds: int = 5,
+    test_fraction: float = 0.2,
 ) -> dict[str, list[dict]]:
-    """Training and validation items for a bundle run, from a datalist JSON or a cohort folder.
+    """Training, validation and test items for a bundle run, from a datalist JSON or a cohort folder.
 
-    A datalist with both ``training`` and ``validation`` is used as it is (unless ``fold`` is
-    given); otherwise its ``training`` list (or the cohort's labelled studies) is split.
-    Every image is header-checked first, and one error lists all bad files. With ``data_root``,
-    datalist images must lie inside it (see :func:`read_datalist`).
+    A cohort's labelled studies (or a datalist's ``training`` list) are split by :func:`split`. A datalist's
+    own lists are kept unless ``fold`` is given: ``testing`` is the test split, and ``validation`` (else
+    ``val_fraction`` of ``training``) the validation split; without a ``testing`` list the test split is
+    empty (evaluate on another cohort). Every image is header-checked first, and one error lists all bad
+    files. With ``data_root``, datalist images must lie inside it (see :func:`read_datalist`).
     """
     if datalist:
         lists = read_datalist(datalist, root=data_root)
-        if fold is None and lists.get("validation"):
-            out = {"training": lists.get("training", []), "validation": lists["validation"]}
+        if fold is None and (lists.get("validation") or lists.get("testing")):
+            train, val = lists.get("training", []), lists.get("validation", [])
+            if not val:
+                train, val = train_val_split(train, val_fraction, seed)
+            out = {"training": train, "validation": val, "test": lists.get("testing", [])}
         else:
-            out = split(lists.get("training", []), fold, val_fraction, seed, n_folds)
+            out = split(lists.get("training", []), fold, val_fraction, seed, n_folds, test_fraction)
     elif dataset_dir:
-        out = split(to_items(discover(dataset_dir), normal, abnormal), fold, val_fraction, seed, n_folds)
+        items = to_items(discover(dataset_dir), normal, abnormal)
+        out = split(items, fold, val_fraction, seed, n_folds, test_fraction)
     else:
         raise ValueError("give dataset_dir (a cohort folder) or datalist (a JSON file)")
-    for key in ("training", "validation"):
+    for key in SPLITS:
         labels = Counter(it.get("label") for it in out[key])
-        if len(out[key]) == 0 or None in labels:
+        if (len(out[key]) == 0 and key != "test") or None in labels:
             raise InputError(datalist or dataset_dir, f"the {key} split is empty or has unlabelled items: {labels}")
     if check:
-        check_images([it["image"] for key in ("training", "validation") for it in out[key]])
+        check_images([it["image"] for key in SPLITS for it in out[key]])
     return out
 
 
@@ -395,11 +604,11 @@ def load_items(
     ``dataset_dir`` may also be a single NIfTI file or DICOM series folder. A datalist
     contributes all of its lists (``testing``, ``validation``, ``training``), without duplicates;
     with ``data_root``, its images must lie inside it (see :func:`read_datalist`). With ``fold``,
-    only the held-out studies of that fold (as :func:`load_split` makes them) are returned.
+    only the test studies of that fold (as :func:`load_split` makes them) are returned.
     """
     if fold is not None:
         kwargs = {"normal": normal, "abnormal": abnormal, "check": check, "data_root": data_root}
-        return load_split(dataset_dir, datalist, fold, seed=seed, n_folds=n_folds, **kwargs)["validation"]
+        return load_split(dataset_dir, datalist, fold, seed=seed, n_folds=n_folds, **kwargs)["test"]
     if datalist:
         lists = read_datalist(datalist, root=data_root)
         seen, items = set(), []
@@ -426,7 +635,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="labels CSV for a plain folder of images (columns image, label|category)")
     parser.add_argument("--normal", default=",".join(DEFAULT_NORMAL), help="categories labelled normal (0)")
     parser.add_argument("--abnormal", default=",".join(DEFAULT_ABNORMAL), help="categories labelled pneumonia (1)")
-    parser.add_argument("--val-fraction", type=float, default=0.3, help="hold-out fraction (default 0.3)")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.3, help="validation share of the non-test studies (default 0.3)"
+    )
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="test share of the cohort (default 0.2)")
     parser.add_argument("--folds", type=int, default=None, help="write K stratified folds instead of one split")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-check", action="store_true", help="skip the header check of every image")
@@ -448,7 +660,8 @@ def run(args: argparse.Namespace) -> int:
         folds = assign_folds(items, args.folds, args.seed)
         datalist = {"training": [{**it, "fold": f} for it, f in zip(items, folds)]}
     else:
-        datalist = dict(zip(("training", "validation"), train_val_split(items, args.val_fraction, args.seed)))
+        splits = split(items, None, args.val_fraction, args.seed, test_fraction=args.test_fraction)
+        datalist = {"training": splits["training"], "validation": splits["validation"], "testing": splits["test"]}
     write_datalist(datalist, args.out)
     for key, lst in datalist.items():
         print(f"{key}: {len(lst)} studies, labels {dict(sorted(Counter(it['label'] for it in lst).items()))}")
@@ -459,15 +672,22 @@ def run(args: argparse.Namespace) -> int:
 __all__ = [
     "CATEGORIES",
     "CLASS_NAMES",
+    "PATH_KEYS",
+    "SPLITS",
     "Study",
     "assign_folds",
     "binary_label",
+    "cohort_fingerprint",
     "discover",
+    "evaluation_items",
     "load_items",
     "load_split",
     "read_datalist",
     "split",
+    "split_fingerprint",
+    "study_key",
     "to_items",
     "train_val_split",
     "write_datalist",
+    "write_split",
 ]

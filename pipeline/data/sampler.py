@@ -1,19 +1,24 @@
-"""A sampler for datasets whose items are set when a run starts, with optional class balancing.
+"""A sampler for datasets whose items are set when a run starts, with optional class balancing and sharding.
 
 Bundle configs build their datasets empty and fill them (``set_data``) in ``run``, so a bundle initialises
-with no data anywhere. PyTorch's ``RandomSampler`` refuses an empty dataset when it is constructed;
-:class:`EpochSampler` reads the dataset's length and labels only when an epoch starts. Random draws come from
-torch's global generator, so ``set_determinism`` and a resumed run's restored RNG state reproduce them.
+with no data anywhere. PyTorch's ``RandomSampler`` and ``DistributedSampler`` read the dataset's length when
+they are constructed; :class:`EpochSampler` reads the dataset's length and labels only when an epoch starts,
+and then deals the epoch's indices out to the ranks with ``DistributedSampler`` itself. As with
+``DistributedSampler``, the order is seeded by ``seed + epoch`` (:meth:`EpochSampler.set_epoch`, called by
+:meth:`EpochSampler.attach` when each epoch starts): the same on every rank, different every epoch, and a
+resumed run draws what an uninterrupted run draws.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterator, Sized
 from typing import Any
 
 import torch
-from torch.utils.data import Sampler
+from ignite.engine import Engine, Events
+from torch.utils.data import DistributedSampler, Sampler
 
 __all__ = ["EpochSampler", "class_weights"]
 
@@ -25,7 +30,7 @@ def class_weights(labels: list[int]) -> torch.Tensor:
 
 
 class EpochSampler(Sampler[int]):
-    """Indices of ``dataset`` for one epoch: in order, shuffled, or drawn class-balanced.
+    """This rank's indices of ``dataset`` for one epoch: in order, shuffled, or drawn class-balanced.
 
     Args:
         dataset: a sized dataset; with ``balance`` it must expose its items as ``dataset.data``.
@@ -33,16 +38,41 @@ class EpochSampler(Sampler[int]):
         balance: draw ``n`` items with replacement, each class with equal probability (for cohorts such as
             MosMedData, whose CT-0 : CT-1..4 is 254 : 856); overrides ``shuffle``.
         label_key: the items' label key.
+        num_replicas: processes sharing the epoch (``torchrun``'s world size); each gets every
+            ``num_replicas``-th index of the epoch's order, padded by repetition to equal shares.
+        rank: this process's rank.
+        seed: seed of the epoch's order (with the epoch number added).
     """
 
-    def __init__(self, dataset: Sized, shuffle: bool = True, balance: bool = False, label_key: str = "label") -> None:
+    def __init__(
+        self,
+        dataset: Sized,
+        shuffle: bool = True,
+        balance: bool = False,
+        label_key: str = "label",
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+    ) -> None:
         self.dataset = dataset
         self.shuffle = shuffle
         self.balance = balance
         self.label_key = label_key
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next epoch's order with ``seed + epoch`` (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def attach(self, engine: Engine) -> None:
+        """Call :meth:`set_epoch` with ``engine``'s epoch number whenever one of its epochs starts."""
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda e: self.set_epoch(e.state.epoch))
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return math.ceil(len(self.dataset) / self.num_replicas)
 
     def _labels(self) -> list[int]:
         items: Any = getattr(self.dataset, "data", None)
@@ -54,8 +84,12 @@ class EpochSampler(Sampler[int]):
         n = len(self.dataset)
         if n == 0:
             return iter(())
+        order = list(range(n))
         if self.balance:
-            return iter(torch.multinomial(class_weights(self._labels()), n, replacement=True).tolist())
-        if self.shuffle:
-            return iter(torch.randperm(n).tolist())
-        return iter(range(n))
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.multinomial(class_weights(self._labels()), n, replacement=True, generator=generator).tolist()
+        share = DistributedSampler(
+            order, self.num_replicas, self.rank, shuffle=self.shuffle and not self.balance, seed=self.seed
+        )
+        share.set_epoch(self.epoch)
+        return iter([order[i] for i in share])

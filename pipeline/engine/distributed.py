@@ -1,10 +1,12 @@
-"""Data-parallel training under ``torchrun``: join the process group, pick the device, shard datalists.
+"""Data-parallel training under ``torchrun``: join the process group, pick the device, shard validation.
 
 Used by the bundle's ``configs/multi_gpu_train.json``. ``torchrun`` sets ``RANK``, ``LOCAL_RANK``,
 ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` in every worker; :func:`setup` reads them,
 chooses the backend (``nccl`` when CUDA is available, ``gloo`` otherwise) and the device
 (``cuda:LOCAL_RANK`` or the CPU), so one config serves one GPU per process, several nodes, or
-CPU-only machines.
+CPU-only machines. Training items are dealt out anew every epoch by the training sampler
+(:class:`pipeline.data.sampler.EpochSampler` with ``num_replicas`` and ``rank``, DistributedSampler
+semantics), so every rank holds the whole training split; validation is sharded once (:func:`shard`).
 """
 
 from __future__ import annotations
@@ -84,26 +86,20 @@ def setup(timeout_s: float = 1800.0) -> DistContext:
     )
 
 
-def shard(items: Sequence, ctx: DistContext, shuffle: bool, seed: int = 0, even: bool = True) -> list:
-    """This rank's share of a datalist, so that each process caches only the studies it uses.
+def shard(items: Sequence, ctx: DistContext) -> list:
+    """This rank's share of the validation datalist: every item on exactly one rank, shares differing by at
+    most one, so that each study counts once in the metrics gathered over the ranks.
 
     Args:
         items: the whole datalist (every rank passes the same list).
         ctx: this process's place in the job.
-        shuffle: deal the items out in a random order (the same on every rank for a given seed).
-        seed: seed of that order.
-        even: pad by repeating items so every rank gets the same number (training, where the ranks
-            must run the same number of iterations); without it every item lands on exactly one rank
-            and shares differ by at most one (validation, where each study must count once).
 
     Raises:
         ValueError: when a rank would get no items.
     """
     if len(items) < ctx.world_size:
         raise ValueError(f"{len(items)} items cannot be shared among {ctx.world_size} processes: use fewer processes")
-    return partition_dataset(
-        list(items), num_partitions=ctx.world_size, shuffle=shuffle, seed=seed, even_divisible=even
-    )[ctx.rank]
+    return partition_dataset(list(items), num_partitions=ctx.world_size, shuffle=False, even_divisible=False)[ctx.rank]
 
 
 def cleanup() -> None:

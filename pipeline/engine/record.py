@@ -35,16 +35,30 @@ class ChainRecord:
         network_name: the network (``pipeline.networks.nets.build_network`` name).
         preprocessing: the keyword arguments of :func:`pipeline.transforms.chain.deterministic_transforms`.
         source: the name :meth:`load_state_dict`'s error gives (``CheckpointLoader`` re-raises it naming its file).
+        augmentation: the keyword arguments of :func:`pipeline.transforms.augment.train_augmentation` the model was
+            trained with (recorded so that test-time augmentation uses only views it saw; not compared, since it
+            does not change what the network is fed at inference).
     """
 
-    def __init__(self, network_name: str, preprocessing: Mapping[str, Any], source: str = "checkpoint") -> None:
+    def __init__(
+        self,
+        network_name: str,
+        preprocessing: Mapping[str, Any],
+        source: str = "checkpoint",
+        augmentation: Mapping[str, Any] | None = None,
+    ) -> None:
         self.network_name = network_name
         self.preprocessing = _plain(dict(preprocessing))
         self.source = source
+        self.augmentation = _plain(dict(augmentation or {}))
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"network_name", "preprocessing"}``: strings, numbers and lists only (loads with ``weights_only``)."""
-        return {"network_name": self.network_name, "preprocessing": self.preprocessing}
+        """``{"network_name", "preprocessing", "augmentation"}``: strings, numbers and lists only (``weights_only``)."""
+        return {
+            "network_name": self.network_name,
+            "preprocessing": self.preprocessing,
+            "augmentation": self.augmentation,
+        }
 
     def differences(self, other: Mapping[str, Any]) -> list[str]:
         """Human-readable differences between this run's record and ``other`` (a saved record)."""

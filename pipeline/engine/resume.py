@@ -2,14 +2,17 @@
 
 The bundle's ``train#state_saver`` writes ``OUTPUT_DIR/state_checkpoint_epoch=N.pt`` (atomically) after each
 epoch's validation. Besides the model, optimizer, scheduler and trainer (epoch, iteration), it holds a
-:class:`RunState`: the random number generators (torch, numpy, Python and each random transform's own
-``RandomState``), the early-stopping counter, the best-model saver's record, the engines' best metrics
-and the learning-curve rows. ``--resume true`` makes the bundle call :func:`restore_latest` just before
-``trainer.run()``.
+:class:`RunState`: the random number generators of every process (torch, numpy, Python and each random
+transform's own ``RandomState``; under ``torchrun`` each rank's own), the AMP ``GradScaler``, the
+early-stopping counter, the best-model saver's record, the engines' best metrics, the learning-curve rows,
+and what the run was trained with (its training parameters and a fingerprint of its cohort and split).
+``--resume true`` makes the bundle call :func:`restore_latest` just before ``trainer.run()``; a state saved
+under another configuration or cohort is refused, naming what differs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -20,7 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from ignite.engine import Engine
+import torch.distributed as dist
+from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 from monai.transforms import Compose, Randomizable
 
@@ -79,11 +83,16 @@ def _random_transforms(transforms: Iterable[Any]) -> list[Randomizable]:
     return found
 
 
+def _world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process (``(0, 1)`` outside ``torchrun``)."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
 class RunState:
     """What a training run needs beyond model, optimizer, scheduler and trainer to continue identically.
 
     An ignite-serialisable object (``state_dict`` / ``load_state_dict``) for a ``CheckpointSaver``'s
-    ``save_dict``.
+    ``save_dict``; :meth:`attach` it to the trainer on every rank, before the saver (rank 0) is attached.
 
     Args:
         transforms: the training transforms (a ``Compose``), whose random transforms' generators are saved.
@@ -91,6 +100,9 @@ class RunState:
         early_stop: MONAI ``EarlyStopHandler`` (its ignite ``EarlyStopping`` counter and best score).
         best_saver: MONAI ``CheckpointSaver`` of the best model (its record of the best score).
         curves: :class:`pipeline.engine.handlers.LearningCurves` (the rows of the epochs done).
+        config: the run's training parameters (JSON-able); a resumed run must have the same.
+        cohort: a fingerprint of the run's cohort and split
+            (:func:`pipeline.data.cohort.split_fingerprint`); a resumed run must have the same.
     """
 
     def __init__(
@@ -100,24 +112,95 @@ class RunState:
         early_stop: Any = None,
         best_saver: Any = None,
         curves: Any = None,
+        config: Mapping[str, Any] | None = None,
+        cohort: str | None = None,
     ) -> None:
         self.transforms = _random_transforms(transforms.transforms if isinstance(transforms, Compose) else transforms)
         self.engines = list(engines)
         self.early_stop = early_stop
         self.best_saver = best_saver
         self.curves = curves
+        self.config = json.loads(json.dumps(dict(config or {})))  # tuples as lists, as a saved state holds them
+        self.cohort = cohort
+        self.trainer: Engine | None = None
+        self._rank_rngs: list[dict[str, Any]] | None = None
+        self._scaler_state: Mapping[str, Any] | None = None
 
-    def state_dict(self) -> dict[str, Any]:
-        """The state, as tensors, numbers, strings, lists and dicts only (so it loads with ``weights_only=True``)."""
+    def attach(self, trainer: Engine) -> None:
+        """Gather every rank's random state when an epoch completes (for rank 0's saver, attached after this),
+        and restore the AMP ``GradScaler``, which MONAI creates in ``trainer.run()``, when the run starts."""
+        self.trainer = trainer
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self._gather)
+        trainer.add_event_handler(Events.STARTED, self._restore_scaler)
+
+    def _gather(self, _engine: Engine | None = None) -> None:
+        own = _plain(self._rng_state())
+        if _world()[1] > 1:
+            gathered: list[Any] = [None] * _world()[1]
+            dist.all_gather_object(gathered, own)
+            self._rank_rngs = gathered
+        else:
+            self._rank_rngs = [own]
+
+    def _restore_scaler(self, _engine: Engine | None = None) -> None:
+        scaler = getattr(self.trainer, "scaler", None)
+        if self._scaler_state is not None and scaler is not None:
+            scaler.load_state_dict(dict(self._scaler_state))
+
+    def _rng_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {
             "torch_rng": torch.get_rng_state(),
             "numpy_rng": _numpy_state(np.random.get_state()),  # noqa: NPY002 (the global legacy generator)
             "python_rng": random.getstate(),
             "transform_rngs": [_numpy_state(t.R.get_state()) for t in self.transforms],
-            "best_metrics": [(e.state.best_metric, e.state.best_metric_epoch) for e in self.engines],
         }
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def _set_rng_state(self, state: Mapping[str, Any]) -> None:
+        if len(state["transform_rngs"]) != len(self.transforms):
+            raise ValueError("the saved run has different random transforms than this configuration")
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(_from_numpy_state(state["numpy_rng"]))  # noqa: NPY002
+        random.setstate(state["python_rng"])
+        for t, rng in zip(self.transforms, state["transform_rngs"]):
+            t.R.set_state(_from_numpy_state(rng))
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def differences(self, state: Mapping[str, Any]) -> list[str]:
+        """What differs between a saved state's configuration and cohort and this run's, in words."""
+        saved = state.get("config")
+        if saved is None:
+            return ["the state records no configuration (saved by an older version)"]
+        diffs = [
+            f"{key}: saved {saved.get(key)!r}, this run {self.config.get(key)!r}"
+            for key in sorted(set(saved) | set(self.config))
+            if saved.get(key) != self.config.get(key)
+        ]
+        if state.get("cohort") != self.cohort:
+            diffs.append(f"cohort or split: saved fingerprint {state.get('cohort')}, this run {self.cohort}")
+        world = _world()[1]
+        if len(state.get("rngs", ())) != world:
+            diffs.append(f"processes: saved by {len(state.get('rngs', ()))}, this run has {world}")
+        return diffs
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state, as tensors, numbers, strings, lists and dicts only (so it loads with ``weights_only=True``).
+
+        ``"rngs"`` holds one random state per rank (as gathered when the epoch completed; this process's
+        own when not attached).
+        """
+        state: dict[str, Any] = {
+            "rngs": self._rank_rngs if self._rank_rngs is not None else [self._rng_state()],
+            "best_metrics": [(e.state.best_metric, e.state.best_metric_epoch) for e in self.engines],
+            "config": self.config,
+            "cohort": self.cohort,
+        }
+        scaler = getattr(self.trainer, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         if self.early_stop is not None and self.early_stop._handler is not None:
             state["early_stop"] = self.early_stop._handler.state_dict()
         if self.best_saver is not None and self.best_saver._key_metric_checkpoint is not None:
@@ -127,18 +210,20 @@ class RunState:
         return _plain(state)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved; the numbers of random transforms and engines must match."""
-        if len(state["transform_rngs"]) != len(self.transforms) or len(state["best_metrics"]) != len(self.engines):
-            raise ValueError("the saved run has different random transforms or engines than this configuration")
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(_from_numpy_state(state["numpy_rng"]))  # noqa: NPY002
-        random.setstate(state["python_rng"])
-        for t, rng in zip(self.transforms, state["transform_rngs"]):
-            t.R.set_state(_from_numpy_state(rng))
+        """Restore what :meth:`state_dict` saved (this rank's random state); refuse another configuration.
+
+        Raises:
+            ValueError: the configuration, cohort, number of processes, random transforms or engines differ.
+        """
+        diffs = self.differences(state)
+        if diffs:
+            raise ValueError("saved under another configuration or cohort: " + "; ".join(diffs))
+        if len(state["best_metrics"]) != len(self.engines):
+            raise ValueError("the saved run has different engines than this configuration")
+        self._set_rng_state(state["rngs"][_world()[0]])
         for e, (best, epoch) in zip(self.engines, state["best_metrics"]):
             e.state.best_metric, e.state.best_metric_epoch = best, epoch
-        if "cuda_rng" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self._scaler_state = state.get("scaler")
         if "early_stop" in state and self.early_stop is not None and self.early_stop._handler is not None:
             self.early_stop._handler.load_state_dict(state["early_stop"])
         if "best_saver" in state and self.best_saver is not None:
@@ -167,6 +252,14 @@ def restore_latest(output_dir: str | os.PathLike, save_dict: Mapping[str, Any]) 
     """
     path = latest_state(output_dir)
     checkpoint = load_weights_only(path)
+    for key, obj in save_dict.items():  # before anything is loaded: another configuration changes nothing
+        if isinstance(obj, RunState) and (diffs := obj.differences(checkpoint.get(key, {}))):
+            raise InputError(
+                path,
+                "was saved under another training configuration or cohort: "
+                + "; ".join(diffs)
+                + " (resume with the saved values, or train again without --resume)",
+            )
     trainers = [obj for obj in save_dict.values() if isinstance(obj, Engine)]
     max_epochs = [t.state.max_epochs for t in trainers]
     try:

@@ -3,18 +3,28 @@
 A scan is called pneumonia when P(pneumonia) >= threshold. Methods (``threshold_method`` in train.json):
 
 - ``fixed``: :data:`DEFAULT_THRESHOLD` (0.5);
-- ``youden``: the validation score maximising sensitivity + specificity - 1;
-- ``sensitivity``: the highest validation score whose sensitivity reaches ``target_sensitivity``.
+- ``youden``: the cut on the validation scores maximising sensitivity + specificity - 1;
+- ``sensitivity``: the highest cut on the validation scores whose sensitivity reaches ``target_sensitivity``.
+
+A chosen cut is placed midway between the two neighbouring distinct validation scores (recorded as
+``between``), never on a score, so that it splits the validation cases as intended with a margin on both sides.
 
 :class:`ThresholdSelector` is a handler of the validation evaluator: whenever the key metric improves,
 that is at the epoch whose weights the best-model saver writes as ``model.pt``, it chooses the threshold on
 that epoch's validation predictions and writes ``threshold.json`` beside ``model.pt`` (atomically). The two
 files therefore belong together after early stopping, an interrupted run or a resumed one.
-:func:`load` reads the threshold back for evaluation and inference (0.5 when the file is absent).
+
+An ensemble (several ``ckpt_files``) averages its members' probabilities, so its scores are not any member's
+and neither is its threshold: :func:`choose_ensemble_threshold` (``python -m pipeline ensemble-threshold``)
+chooses it on the ensemble's own validation predictions and writes :data:`ENSEMBLE_FILENAME` in the members'
+common folder, with the SHA-256 of every member. :func:`load` reads the threshold of one model (0.5 when the
+file is absent) or of an ensemble, for evaluation and inference.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import logging
 import os
@@ -29,15 +39,30 @@ from monai.utils import evenly_divisible_all_gather
 
 from pipeline.engine.handlers import class_output
 from pipeline.evaluation.metrics import classification_metrics, threshold_for_sensitivity, youden_threshold
+from pipeline.evaluation.report import read_predictions, scored_rows
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
 
-__all__ = ["DEFAULT_THRESHOLD", "FILENAME", "METHODS", "ThresholdSelector", "choose_threshold", "load", "read"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "ENSEMBLE_FILENAME",
+    "FILENAME",
+    "METHODS",
+    "ThresholdSelector",
+    "add_arguments",
+    "choose_ensemble_threshold",
+    "choose_threshold",
+    "ensemble_threshold_file",
+    "load",
+    "read",
+    "run",
+]
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("fixed", "youden", "sensitivity")
 FILENAME = "threshold.json"
+ENSEMBLE_FILENAME = "threshold_ensemble.json"
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -59,7 +84,8 @@ def choose_threshold(
 
     Returns:
         ``threshold``, ``method``, ``target_sensitivity`` (``None`` unless method ``sensitivity``),
-        ``chosen_on``, and the cases and rates it was chosen on at that threshold: ``n``, ``n_positive``,
+        ``chosen_on``, ``between`` (the two validation scores a chosen threshold lies between; ``None`` for
+        ``fixed``), and the cases and rates it was chosen on at that threshold: ``n``, ``n_positive``,
         ``n_negative``, ``auc``, ``sensitivity``, ``specificity``.
 
     Raises:
@@ -73,11 +99,15 @@ def choose_threshold(
     else:
         threshold = DEFAULT_THRESHOLD
     m = classification_metrics(labels, probs, threshold=threshold, n_bootstrap=0)
+    scores = np.asarray(probs, dtype=np.float64)
+    below, above = scores[scores < threshold], scores[scores >= threshold]
+    between = [float(below.max()) if below.size else 0.0, float(above.min()) if above.size else 1.0]
     return {
         "threshold": float(threshold),
         "method": method,
         "target_sensitivity": float(target_sensitivity) if method == "sensitivity" else None,
         "chosen_on": chosen_on,
+        "between": between if method != "fixed" else None,
         **{k: m[k] for k in ("n", "n_positive", "n_negative", "auc", "sensitivity", "specificity")},
     }
 
@@ -107,6 +137,53 @@ def read(path: str | os.PathLike) -> dict | None:
     return record
 
 
+def _member_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file of an ensemble member given as a file or as its folder (``model.pt``)."""
+    path = Path(path)
+    return path / "model.pt" if path.is_dir() or not path.suffix else path
+
+
+def _sha256(path: Path) -> str:
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def ensemble_threshold_file(ckpt_files: Sequence[str | os.PathLike]) -> Path:
+    """:data:`ENSEMBLE_FILENAME` in the members' common folder (``models/`` for ``models/fold*/model.pt``)."""
+    folders = [os.path.abspath(_member_file(f).parent) for f in ckpt_files]
+    return Path(os.path.commonpath(folders)) / ENSEMBLE_FILENAME
+
+
+def _ensemble_record(ckpt_files: Sequence[str | os.PathLike]) -> dict | None:
+    """The stored ensemble threshold of exactly these members, ``None`` when none is stored.
+
+    Raises:
+        InputError: the file is unreadable, or was written for other members or other weights.
+    """
+    file = ensemble_threshold_file(ckpt_files)
+    if not file.is_file():
+        return None
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+        stored = {m["sha256"] for m in record["members"]}
+        value = record["threshold"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
+        raise InputError(file, f"not an ensemble threshold file ({err!r})") from err
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise InputError(file, f"expected a 'threshold' number in [0, 1], got {value!r}")
+    given = {_sha256(_member_file(f)) for f in ckpt_files}
+    if given != stored:
+        raise InputError(
+            file,
+            f"chosen for another ensemble ({len(stored)} members: "
+            f"{', '.join(m.get('file', '?') for m in record['members'])}) or for other weights; choose this one's with "
+            "'python -m pipeline ensemble-threshold' (docs/evaluation.md), or pass --threshold",
+        )
+    return record
+
+
 def load(paths: str | os.PathLike | Sequence[str | os.PathLike], default: float = DEFAULT_THRESHOLD) -> float:
     """The operating threshold of one model, or of an ensemble, for ``$pipeline.engine.threshold.load(...)`` in configs.
 
@@ -115,18 +192,85 @@ def load(paths: str | os.PathLike | Sequence[str | os.PathLike], default: float 
         default: the threshold of a model without ``threshold.json``.
 
     Returns:
-        the stored threshold; for several models the mean of theirs (each chosen on its own validation
-        data; a model without a file counts as ``default``).
+        one model: its stored threshold, or ``default``. Several (an ensemble): the threshold chosen on the
+        ensemble's own validation predictions (:func:`choose_ensemble_threshold`); without one, ``default``
+        when no member chose its threshold on data (all ``fixed`` or without a file).
+
+    Raises:
+        InputError: an ensemble whose members chose their thresholds on their own validation data has no
+            ensemble threshold (their mean would belong to none of the ensemble's scores), or its file is
+            unreadable or belongs to other members.
     """
     paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
     if not paths:
         raise ValueError("no checkpoint given")
-    values = []
-    for path in paths:
-        record = read(path)
-        values.append(float(record["threshold"]) if record else float(default))
-        logger.info("threshold %.4f for %s (%s)", values[-1], path, record["method"] if record else "default")
-    return float(np.mean(values))
+    if len(paths) == 1:
+        record = read(paths[0])
+        value = float(record["threshold"]) if record else float(default)
+        logger.info("threshold %.4f for %s (%s)", value, paths[0], record["method"] if record else "default")
+        return value
+    record = _ensemble_record(paths)
+    if record is not None:
+        logger.info("ensemble threshold %.4f (%s) from %s", record["threshold"], record["method"], record["chosen_on"])
+        return float(record["threshold"])
+    chosen = [(p, r) for p, r in ((p, read(p)) for p in paths) if r and r["method"] != "fixed"]
+    if chosen:
+        members = ", ".join(f"{p}: {r['method']} {r['threshold']:.4f}" for p, r in chosen)
+        raise InputError(
+            ensemble_threshold_file(paths),
+            f"not found; members chose their thresholds on their own validation data ({members}), which do not "
+            "carry over to the ensemble's averaged probabilities. Evaluate the ensemble on validation data with "
+            "--threshold 0.5, then run 'python -m pipeline ensemble-threshold PREDICTIONS.csv --ckpt-files ...' "
+            "(docs/evaluation.md), or pass --threshold",
+        )
+    logger.info("ensemble of %d models without chosen thresholds: threshold %.4f", len(paths), default)
+    return float(default)
+
+
+def choose_ensemble_threshold(
+    ckpt_files: Sequence[str | os.PathLike],
+    predictions: str | os.PathLike,
+    method: str = "youden",
+    target_sensitivity: float | None = None,
+) -> dict:
+    """Choose an ensemble's threshold on its own validation predictions; write :data:`ENSEMBLE_FILENAME`.
+
+    Args:
+        ckpt_files: the members, as given to the bundle's ``ckpt_files`` (files or folders of ``model.pt``).
+        predictions: ``predictions.csv`` of the ensemble (evaluate.json with these ``ckpt_files``) on labelled
+            validation studies that none of the members trained on and that are not the test set.
+        method: one of :data:`METHODS`.
+        target_sensitivity: with method ``sensitivity``, the sensitivity to reach.
+
+    Returns:
+        the record written: that of :func:`choose_threshold` (``chosen_on`` the predictions file) and
+        ``members`` (``file`` relative to the record's folder, ``sha256``), read back by :func:`load`.
+
+    Raises:
+        InputError: fewer than two members, a missing checkpoint, or a prediction table without labelled rows.
+        ValueError: the method does not apply to the labels (e.g. one class only).
+    """
+    if isinstance(ckpt_files, str | os.PathLike) or len(ckpt_files) < 2:
+        raise InputError("--ckpt-files", f"an ensemble has at least two members, got {ckpt_files!r}")
+    file = ensemble_threshold_file(ckpt_files)
+    members = [
+        {"file": os.path.relpath(os.path.abspath(m), file.parent), "sha256": _sha256(m)}
+        for m in map(_member_file, ckpt_files)
+    ]
+    rows = [r for r in scored_rows(read_predictions(predictions)) if r["label"] is not None]
+    if not rows:
+        raise InputError(predictions, "no labelled row: an ensemble threshold is chosen on labelled validation studies")
+    record = choose_threshold(
+        [r["label"] for r in rows],
+        [r["prob_pneumonia"] for r in rows],
+        method,
+        target_sensitivity,
+        chosen_on=os.path.abspath(predictions),
+    )
+    record["members"] = members
+    atomic_write_text(file, json.dumps(record, indent=2) + "\n")
+    logger.info("ensemble threshold %.4f (%s) written to %s", record["threshold"], method, file)
+    return record
 
 
 class ThresholdSelector:
@@ -204,3 +348,31 @@ class ThresholdSelector:
             self.output_dir / FILENAME,
         )
         return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``python -m pipeline ensemble-threshold``."""
+    parser.add_argument("predictions", type=Path, help="predictions.csv of the ensemble on labelled validation data")
+    parser.add_argument("--ckpt-files", nargs="+", required=True, help="the ensemble's checkpoints (>= 2)")
+    parser.add_argument("--method", choices=[m for m in METHODS if m != "fixed"], default="youden")
+    parser.add_argument("--target-sensitivity", type=float, default=None, help="sensitivity for --method sensitivity")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Choose the ensemble's threshold and print where it went."""
+    try:
+        record = choose_ensemble_threshold(args.ckpt_files, args.predictions, args.method, args.target_sensitivity)
+    except InputError:
+        raise
+    except ValueError as err:  # the method does not apply to these labels, or a bad target
+        raise InputError(args.predictions, str(err)) from err
+    low, high = record["between"]
+    rates = ", ".join(
+        f"{k} {'n/a' if record[k] is None else format(record[k], '.3f')}" for k in ("sensitivity", "specificity")
+    )
+    print(
+        f"threshold {record['threshold']:.6g} ({record['method']}, between scores {low:.6g} and {high:.6g}): "
+        f"{rates} on {record['n']} studies"
+    )
+    print(f"wrote {ensemble_threshold_file(args.ckpt_files)}")
+    return 0

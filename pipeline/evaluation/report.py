@@ -2,10 +2,20 @@
 
 The prediction table is the CSV written by the bundle's evaluation, with the columns of
 :data:`COLUMNS` (``label`` 0 normal / 1 pneumonia, empty when unknown; ``category`` such as
-``CT-0``, may be empty). The report is one HTML file with every picture embedded as a base64 PNG
-data URI (no scripts, no external resources): a metrics table with the AUC's bootstrap interval,
-the ROC curve with its bootstrap band, the confusion matrix, a reliability diagram, probability
-histograms per class, a per-category table and an optional gallery of saliency montages.
+``CT-0``, may be empty) and optionally those of :data:`OPTIONAL_COLUMNS`: ``status``/``reason`` (a study
+the pipeline refused to score has status ``refused``, is left out of every metric and counted as
+``n_refused``), and the severity of a network with a lesion output, ``involvement`` (predicted fraction of
+the lung involved), ``involvement_true`` (the true fraction, empty when unknown), ``category_pred``
+(``CT-0``..``CT-4``) and ``lesion_map``.
+
+The report is one HTML file with every picture embedded as a base64 PNG data URI (no scripts, no external
+resources): a metrics table with 95 % intervals (AUC by DeLong, proportions by Wilson), the ROC curve with
+its bootstrap band, the confusion matrix, a reliability diagram, probability histograms per class, a
+per-category table, the severity agreement (predicted against true involvement, category confusion and
+kappa) when the table has it, and an optional gallery of saliency montages.
+
+``python -m pipeline report`` writes the metrics as ``<report>.metrics.json`` beside the report, so an
+evaluation's own ``metrics.json`` is never overwritten.
 """
 
 from __future__ import annotations
@@ -25,13 +35,36 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pipeline.evaluation.metrics import CATEGORY_KEYS, classification_metrics, roc_band, roc_curve
+from pipeline.evaluation.metrics import (
+    CATEGORY_KEYS,
+    PROPORTION_KEYS,
+    category_agreement,
+    classification_metrics,
+    involvement_agreement,
+    roc_band,
+    roc_curve,
+)
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
 
-__all__ = ["COLUMNS", "metrics_from_predictions", "read_predictions", "write_report"]
+__all__ = [
+    "COLUMNS",
+    "OPTIONAL_COLUMNS",
+    "REFUSED",
+    "metrics_from_predictions",
+    "metrics_from_rows",
+    "metrics_path",
+    "read_predictions",
+    "scored_rows",
+    "severity_from_rows",
+    "write_report",
+]
 
 COLUMNS = ("study_id", "image", "label", "category", "prob_normal", "prob_pneumonia", "prediction")
+#: Columns read when present: refusals, and the severity of a network with a lesion output.
+OPTIONAL_COLUMNS = ("status", "reason", "involvement", "involvement_true", "category_pred", "lesion_map")
+#: ``status`` of a study the pipeline refused to score (its probabilities may be empty).
+REFUSED = "refused"
 DEFAULT_TITLE = "Chest-CT pneumonia classification: evaluation report"
 CLASS_COLOURS = {0: "#1f77b4", 1: "#d62728"}
 
@@ -47,16 +80,23 @@ def _probability(path: Path, row: int, column: str, text: str) -> float:
     return value
 
 
+def _optional_fraction(value: object) -> float | None:
+    """An optional fraction of a row in memory (``None`` or ``""`` when unknown) as a float or ``None``."""
+    return None if value is None or value == "" else float(value)
+
+
 def read_predictions(path: str | os.PathLike) -> list[dict]:
     """Read and check a prediction table.
 
     Returns:
-        one dict per row with the keys of :data:`COLUMNS`: ``label`` as 0, 1 or ``None``,
-        ``prob_normal`` and ``prob_pneumonia`` as floats, the others as stripped strings.
+        one dict per row with the keys of :data:`COLUMNS` and of the :data:`OPTIONAL_COLUMNS` the file has:
+        ``label`` as 0, 1 or ``None``, ``prob_normal`` and ``prob_pneumonia`` as floats (``None`` when empty in
+        a refused row), ``involvement`` and ``involvement_true`` as floats or ``None`` when empty, the others
+        as stripped strings.
 
     Raises:
         InputError: the file is missing or empty, lacks a column, or a row holds a label other
-            than 0/1/empty or a probability that is not a number in [0, 1] (rows counted from 1
+            than 0/1/empty, a probability or involvement that is not a number in [0, 1] (rows counted from 1
             after the header).
     """
     path = Path(path)
@@ -69,14 +109,22 @@ def read_predictions(path: str | os.PathLike) -> list[dict]:
         missing = [c for c in COLUMNS if c not in reader.fieldnames]
         if missing:
             raise InputError(path, f"missing column(s) {', '.join(missing)}; found {', '.join(reader.fieldnames)}")
+        columns = [*COLUMNS, *(c for c in OPTIONAL_COLUMNS if c in reader.fieldnames)]
         rows = []
         for i, raw in enumerate(reader, start=1):
-            row = {c: (raw[c] or "").strip() for c in COLUMNS}
+            row = {c: (raw[c] or "").strip() for c in columns}
             if row["label"] not in ("", "0", "1"):
                 raise InputError(path, f"row {i}: label {row['label']!r} is not 0, 1 or empty")
             row["label"] = int(row["label"]) if row["label"] else None
+            refused = row.get("status") == REFUSED
             for column in ("prob_normal", "prob_pneumonia"):
-                row[column] = _probability(path, i, column, row[column])
+                empty = refused and not row[column]
+                row[column] = None if empty else _probability(path, i, column, row[column])
+            for column in ("involvement", "involvement_true"):
+                if row.get(column):
+                    row[column] = _probability(path, i, column, row[column])
+                elif column in row:
+                    row[column] = None
             rows.append(row)
     if not rows:
         raise InputError(path, "no prediction rows after the header")
@@ -88,7 +136,9 @@ def metrics_from_predictions(
 ) -> dict:
     """:func:`pipeline.evaluation.metrics.classification_metrics` of the labelled rows of a prediction table.
 
-    The result also holds ``n_unlabelled``, the rows without a label (left out of every metric).
+    The result also holds ``n_unlabelled`` and ``n_refused``, the scored rows without a label and the refused
+    rows (both left out of every metric), and ``severity`` when the table has severity columns
+    (:func:`severity_from_rows`).
 
     Raises:
         InputError: the table is unreadable (see :func:`read_predictions`) or no row has a label.
@@ -102,9 +152,10 @@ def metrics_from_rows(
     """:func:`metrics_from_predictions` of rows already in memory (``label`` 0, 1 or ``None``); ``source`` names them.
 
     Raises:
-        InputError: no row has a label.
+        InputError: no scored row has a label.
     """
-    labelled = [r for r in rows if r["label"] is not None]
+    scored = scored_rows(rows)
+    labelled = [r for r in scored if r["label"] is not None]
     if not labelled:
         raise InputError(source, "no row has a label (0 or 1); metrics need known labels")
     metrics = classification_metrics(
@@ -115,8 +166,44 @@ def metrics_from_rows(
         n_bootstrap=n_bootstrap,
         seed=seed,
     )
-    metrics["n_unlabelled"] = len(rows) - len(labelled)
+    metrics["n_unlabelled"] = len(scored) - len(labelled)
+    metrics["n_refused"] = len(rows) - len(scored)
+    if any("seen_in_training" in r for r in scored):  # evaluate.json's allow_seen: say how many were seen
+        metrics["seen_in_training"] = sum(_truthy(r.get("seen_in_training")) for r in scored)
+    severity = severity_from_rows(scored)
+    if severity:
+        metrics["severity"] = severity
     return metrics
+
+
+def _truthy(value: object) -> bool:
+    """A flag as written to JSON (``True``) or CSV (``"True"``)."""
+    return value is True or str(value).strip().lower() in ("true", "1")
+
+
+def scored_rows(rows: Sequence[Mapping]) -> list[Mapping]:
+    """The rows the pipeline scored: all but those with ``status`` :data:`REFUSED`."""
+    return [r for r in rows if r.get("status") != REFUSED]
+
+
+def severity_from_rows(rows: Sequence[Mapping]) -> dict:
+    """Severity agreement of the rows that carry severity columns; ``{}`` when none does.
+
+    Returns:
+        ``involvement`` (:func:`~pipeline.evaluation.metrics.involvement_agreement` of ``involvement`` against
+        ``involvement_true``) when a row has a predicted involvement, and ``category``
+        (:func:`~pipeline.evaluation.metrics.category_agreement` of ``category_pred`` against ``category``)
+        when a row has a predicted category.
+    """
+    severity = {}
+    if any(_optional_fraction(r.get("involvement")) is not None for r in rows):
+        severity["involvement"] = involvement_agreement(
+            [_optional_fraction(r.get("involvement")) for r in rows],
+            [_optional_fraction(r.get("involvement_true")) for r in rows],
+        )
+    if any(r.get("category_pred") for r in rows):
+        severity["category"] = category_agreement([r.get("category_pred") for r in rows], [r["category"] for r in rows])
+    return severity
 
 
 def _png_uri(data: bytes) -> str:
@@ -184,6 +271,24 @@ def _reliability_figure(metrics: Mapping) -> Figure:
     return fig
 
 
+def _involvement_figure(rows: Sequence[Mapping], agreement: Mapping) -> Figure:
+    """Predicted against true lung involvement (percent), with the identity and the MosMed category bounds."""
+    values = [(_optional_fraction(r.get("involvement_true")), _optional_fraction(r.get("involvement"))) for r in rows]
+    pairs = np.array([v for v in values if None not in v], dtype=np.float64).reshape(-1, 2)
+    fig = Figure(figsize=(4.6, 4.4))
+    ax = fig.subplots()
+    for bound in (25, 50, 75):
+        ax.axvline(bound, c="lightgrey", lw=0.8, ls="--")
+        ax.axhline(bound, c="lightgrey", lw=0.8, ls="--")
+    ax.plot([0, 100], [0, 100], ls=":", c="grey", lw=1, label="identity")
+    ax.scatter(100 * pairs[:, 0], 100 * pairs[:, 1], s=18, c="#d62728", alpha=0.7, label=f"scans (n = {len(pairs)})")
+    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="true involvement (% of lung)", ylabel="predicted involvement (%)")
+    ax.set_title(f"Involvement: Spearman {_fmt(agreement['spearman'])}, MAE {_fmt(agreement['mae_pp'])} pp")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
 def _histogram_figure(y: np.ndarray, p: np.ndarray, threshold: float) -> Figure:
     """Histograms of P(pneumonia) for each true class, with the threshold."""
     fig = Figure(figsize=(4.6, 3.6))
@@ -203,6 +308,11 @@ def _fmt(value: float | int | None) -> str:
     if value is None:
         return "n/a"
     return str(value) if isinstance(value, int) else f"{value:.3f}"
+
+
+def _fmt_ci(ci: Sequence[float] | None) -> str:
+    """An interval for display: ``[lo, hi]`` with 3 decimals, ``n/a`` when undefined."""
+    return f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
 
 
 METRIC_ROWS = (
@@ -258,23 +368,61 @@ def _table(
 
 
 def _metrics_table(m: Mapping) -> str:
-    ci = m.get("auc_ci95")
-    auc_ci = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "n/a"
+    """The metrics with their intervals (``.get``: a ``metrics.json`` of an older version has fewer keys)."""
+    auc_how = f"area under the ROC curve; interval: {m.get('auc_ci_method', 'bootstrap')}"
+    if m.get("auc_ci_degenerate"):
+        auc_how += f"; no interval: {m['auc_ci_reason']}"
     rows = [
         ["Cases (positive / negative)", f"{m['n']} ({m['n_positive']} / {m['n_negative']})", "", "labelled cases"],
-        ["AUC", _fmt(m["auc"]), auc_ci, f"stratified percentile bootstrap, {m.get('n_bootstrap', 0)} resamples"],
+        ["AUC", _fmt(m["auc"]), _fmt_ci(m.get("auc_ci95")), auc_how],
         ["Threshold", f"{m['threshold']:g}", "", "pneumonia when P(pneumonia) ≥ threshold"],
     ]
-    rows += [[name, _fmt(m[key]), "", how] for key, name, how in METRIC_ROWS]
+    rows += [
+        [name, _fmt(m[key]), _fmt_ci(m.get(f"{key}_ci95")) if key in PROPORTION_KEYS else "", how]
+        for key, name, how in METRIC_ROWS
+    ]
     return _table(["Metric", "Value", "95% CI", "Definition"], rows, numeric=(1, 2))
+
+
+def _category_cell(values: Mapping, key: str) -> str:
+    """A per-category value, with its Wilson interval for a proportion."""
+    interval = values.get(f"{key}_ci95")
+    return _fmt(values[key]) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
 
 
 def _category_table(per_category: Mapping[str, Mapping]) -> str:
     if not per_category:
         return "<p class='note'>No categories in the prediction table.</p>"
-    rows = [[cat, *(_fmt(values[k]) for k in CATEGORY_KEYS)] for cat, values in per_category.items()]
+    rows = [[cat, *(_category_cell(values, k) for k in CATEGORY_KEYS)] for cat, values in per_category.items()]
     header = ["Category", *(CATEGORY_HEADERS.get(k, k) for k in CATEGORY_KEYS)]
     return _table(header, rows, numeric=range(1, len(header)), cls="compact")
+
+
+def _severity_section(severity: Mapping, rows: Sequence[Mapping]) -> list[str]:
+    """The severity table, the category confusion matrix and the involvement scatter."""
+    parts = ["<h2>Severity</h2>"]
+    table = []
+    involvement, category = severity.get("involvement"), severity.get("category")
+    if involvement:
+        n = f"n = {involvement['n']}, {involvement['n_without_truth']} without a true involvement"
+        table.append(["Involvement: Spearman ρ", _fmt(involvement["spearman"]), f"predicted vs true fraction; {n}"])
+        table.append(["Involvement: MAE", _fmt(involvement["mae_pp"]), "mean |predicted - true|, percentage points"])
+    if category:
+        n = f"n = {category['n']} with both categories known"
+        table.append(["Category: quadratic-weighted κ", _fmt(category["kappa_quadratic"]), f"Cohen's kappa; {n}"])
+        table.append(["Category: accuracy", _fmt(category["accuracy"]), "predicted category = true category"])
+    parts.append(_table(["Metric", "Value", "Definition"], table, numeric=(1,)))
+    if category and category["confusion"]:
+        labels = category["labels"]
+        confusion = [[label, *map(str, counts)] for label, counts in zip(labels, category["confusion"])]
+        parts.append(_table(["true \\ predicted", *labels], confusion, numeric=range(1, len(labels) + 1)))
+    if involvement and involvement["n"]:
+        caption = "Predicted against true lung involvement; dashed: the MosMed category bounds (25, 50, 75 %)."
+        parts.append(
+            f"<figure><img src='{_figure_uri(_involvement_figure(rows, involvement))}' alt='{html.escape(caption)}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    return parts
 
 
 def write_report(
@@ -305,7 +453,8 @@ def write_report(
     """
     if isinstance(predictions, str | os.PathLike):
         source, predictions = predictions, read_predictions(predictions)
-    rows = [r for r in predictions if r["label"] is not None]
+    scored = scored_rows(predictions)
+    rows = [r for r in scored if r["label"] is not None]
     y = np.array([r["label"] for r in rows], dtype=np.int64)
     p = np.array([r["prob_pneumonia"] for r in rows], dtype=np.float64)
     generated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -322,8 +471,10 @@ def write_report(
         _table(None, [[str(k), str(v)] for k, v in meta.items()], cls="meta"),
         "<h2>Metrics</h2>",
         _metrics_table(metrics),
-        "<p class='note'>n/a: undefined (a ratio with a zero denominator, or AUC with one class).",
-        f" Rows without a label: {metrics.get('n_unlabelled', 0)} (left out of every metric).</p>",
+        "<p class='note'>95% CI: AUC by DeLong's method, proportions by Wilson score intervals.",
+        " n/a: undefined (a ratio with a zero denominator, or AUC with one class).",
+        f" Rows without a label: {metrics.get('n_unlabelled', 0)}; studies refused:"
+        f" {metrics.get('n_refused', 0)} (both left out of every metric).</p>",
         "<div class='figures'>",
         *(
             f"<figure><img src='{_figure_uri(f)}' alt='{html.escape(c)}'><figcaption>{html.escape(c)}</figcaption>"
@@ -333,8 +484,10 @@ def write_report(
         "</div><h2>Per category</h2>",
         _category_table(metrics.get("per_category", {})),
         "<p class='note'>pneumonia / normal: labelled cases of each class; predicted pneumonia: the fraction"
-        " of cases predicted pneumonia; AUC is n/a in a category holding one class.</p>",
+        " of cases predicted pneumonia; AUC is n/a in a category holding one class; brackets: Wilson 95% CI.</p>",
     ]
+    if metrics.get("severity"):
+        parts += _severity_section(metrics["severity"], scored)
     if saliency_panels:
         parts.append("<h2>Saliency (Grad-CAM, pneumonia class)</h2>")
         parts += [
@@ -356,7 +509,9 @@ def _key_value(text: str) -> tuple[str, str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``python -m pipeline report``."""
     parser.add_argument("predictions", type=Path, help="prediction table (predictions.csv of the evaluation)")
-    parser.add_argument("--out", type=Path, required=True, help="HTML report to write; metrics.json goes beside it")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="HTML report to write; its metrics go beside it as <name>.metrics.json"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="pneumonia when P(pneumonia) >= T (0.5)")
     parser.add_argument("--title", default=DEFAULT_TITLE, help="heading of the report")
     parser.add_argument(
@@ -367,21 +522,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="cohort or model fact for the header; repeatable",
     )
-    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (1000)")
+    parser.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the ROC band (1000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
 
 
+def metrics_path(out_html: str | os.PathLike) -> Path:
+    """Where ``python -m pipeline report`` writes its metrics: ``report.html`` -> ``report.metrics.json``.
+
+    Never ``metrics.json``, the name of an evaluation's own metrics, which a rebuilt report (perhaps at another
+    threshold) must not replace.
+    """
+    out_html = Path(out_html)
+    return out_html.with_name(out_html.stem + ".metrics.json")
+
+
 def run(args: argparse.Namespace) -> int:
-    """Compute the metrics of a prediction table, write ``metrics.json`` and the report."""
+    """Compute the metrics of a prediction table, write them beside the report (:func:`metrics_path`) and the report."""
     if not 0.0 <= args.threshold <= 1.0:
         raise InputError("--threshold", f"{args.threshold} is not in [0, 1]")
     metrics = metrics_from_predictions(args.predictions, args.threshold, args.n_bootstrap, args.seed)
-    metrics_json = atomic_write_text(
-        args.out.parent / "metrics.json", json.dumps(metrics, indent=2, allow_nan=False) + "\n"
-    )
+    metrics_json = atomic_write_text(metrics_path(args.out), json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     write_report(args.predictions, metrics, args.out, title=args.title, info=dict(args.info))
-    ci = metrics["auc_ci95"]
-    auc = f"AUC {_fmt(metrics['auc'])}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+    auc = f"AUC {_fmt(metrics['auc'])}" + (f" {_fmt_ci(metrics['auc_ci95'])} (DeLong)" if metrics["auc_ci95"] else "")
     print(f"{auc}, accuracy {_fmt(metrics['accuracy'])} on {metrics['n']} cases")
     print(f"wrote {args.out} and {metrics_json}")
     return 0

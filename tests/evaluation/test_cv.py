@@ -10,6 +10,7 @@ from conftest import TINY, run_bundle
 
 from pipeline.__main__ import main
 from pipeline.evaluation.cv import SUMMARY_KEYS, read_metrics, summarize, summarize_values
+from pipeline.synth.generate import generate_cohort
 
 
 def fold_metrics(auc, accuracy, ct2_sensitivity=None):
@@ -69,32 +70,53 @@ def test_cli_bad_input(tmp_path, capsys, content, problem):
 
 
 @pytest.mark.slow
-def test_fold_training_evaluation_summary_and_ensemble(trained_bundle, tiny_cohort, tmp_path):
-    """Fold 0 of 5 with a Youden threshold; its evaluation on its held-out fold; a 2-model ensemble with TTA."""
+def test_nested_folds_summary_and_ensemble(trained_bundle, tiny_cohort, tmp_path):
+    """Folds 0 and 1 of 5, nested (each outer fold tests, an inner split validates and picks a Youden threshold);
+    each evaluated on its own outer fold; their summary; the 2-fold ensemble with TTA, its threshold chosen on
+    its predictions for a cohort neither fold trained on."""
     configs, models = trained_bundle / "configs", tmp_path / "models"
-    common = ("--bundle_root", str(trained_bundle), "--dataset_dir", str(tiny_cohort), *TINY)
-    run_bundle(
-        "run", "training", "--config_file", str(configs / "train.json"), *common, "--fold", "0",
-        "--threshold_method", "youden", "--ckpt_dir", str(models / "fold0"), "--output_dir", str(tmp_path / "logs"),
-    )  # fmt: skip
-    stored = json.loads((models / "fold0" / "threshold.json").read_text())
-    assert stored["method"] == "youden" and stored["n"] == 5  # 24 studies in 5 stratified folds: 5 in fold 0
-
+    bundle = ("--bundle_root", str(trained_bundle), *TINY)
+    common = (*bundle, "--dataset_dir", str(tiny_cohort))
     evaluate = f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
-    for k, ckpt_dir in ((0, models / "fold0"), (1, trained_bundle / "models")):
+    for k in (0, 1):
         run_bundle(
-            "run", "--config_file", evaluate, *common, "--fold", str(k), "--ckpt_dir", str(ckpt_dir),
+            "run", "training", "--config_file", str(configs / "train.json"), *common, "--fold", str(k),
+            "--threshold_method", "youden", "--ckpt_dir", str(models / f"fold{k}"),
+            "--output_dir", str(tmp_path / f"logs{k}"),
+        )  # fmt: skip
+        split = json.loads((models / f"fold{k}" / "split.json").read_text())
+        assert len(split["test"]) == 5 and len(split["validation"]) == 6  # 24 studies: fold of 5, 30 % of 19
+        stored = json.loads((models / f"fold{k}" / "threshold.json").read_text())
+        assert stored["method"] == "youden" and stored["n"] == 6  # chosen on the inner validation split
+        run_bundle(
+            "run", "--config_file", evaluate, *common, "--fold", str(k), "--ckpt_dir", str(models / f"fold{k}"),
             "--output_dir", str(tmp_path / f"eval{k}"),
         )  # fmt: skip
-    metrics = json.loads((tmp_path / "eval0" / "metrics.json").read_text())
-    assert metrics["n"] == 5 and metrics["threshold"] == pytest.approx(stored["threshold"])
-    assert metrics["sensitivity"] == pytest.approx(stored["sensitivity"])  # same model, same cases, same threshold
+        metrics = json.loads((tmp_path / f"eval{k}" / "metrics.json").read_text())
+        assert metrics["n"] == 5 and metrics["threshold"] == pytest.approx(stored["threshold"])
+        scored = {r["study_id"] for r in json.loads((tmp_path / f"eval{k}" / "predictions.json").read_text())}
+        assert scored == set(split["test"])  # the outer fold, never the studies it trained or validated on
     summary = tmp_path / "cv.json"
     assert main(["cv-summary", str(tmp_path / "eval0"), str(tmp_path / "eval1"), "--out", str(summary)]) == 0
     auc = json.loads(summary.read_text())["metrics"]["auc"]
-    assert auc["values"] == [metrics["auc"], json.loads((tmp_path / "eval1" / "metrics.json").read_text())["auc"]]
+    assert auc["values"] == [json.loads((tmp_path / f"eval{k}" / "metrics.json").read_text())["auc"] for k in (0, 1)]
 
-    files = [str(models / "fold0" / "model.pt"), str(trained_bundle / "models" / "model.pt")]
+    files = [str(models / "fold0" / "model.pt"), str(models / "fold1" / "model.pt")]
+    unseen = tmp_path / "unseen"  # the ensemble's validation: a cohort neither member saw
+    generate_cohort(unseen, per_category=3, categories=["CT-0", "CT-2", "CT-3"], seed=8, matrix=64, progress=False)
+    proc = run_bundle(
+        "run", "--config_file", evaluate, *bundle, "--dataset_dir", str(unseen), "--ckpt_files", repr(files),
+        "--output_dir", str(tmp_path / "ensemble_val"), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "ensemble-threshold" in proc.stderr  # members chose theirs: not averaged
+    run_bundle(
+        "run", "--config_file", evaluate, *bundle, "--dataset_dir", str(unseen), "--ckpt_files", repr(files),
+        "--threshold", "0.5", "--output_dir", str(tmp_path / "ensemble_val"),
+    )  # fmt: skip
+    val = tmp_path / "ensemble_val" / "predictions.csv"
+    assert main(["ensemble-threshold", str(val), "--ckpt-files", *files, "--method", "youden"]) == 0
+    chosen = json.loads((models / "threshold_ensemble.json").read_text())
+    assert chosen["chosen_on"] == str(val) and len(chosen["members"]) == 2
     rows = {}
     for name, ckpt_files in (("m0", files[:1]), ("m1", files[1:]), ("ens", files), ("tta", files)):
         out = tmp_path / "infer" / name
@@ -107,6 +129,7 @@ def test_fold_training_evaluation_summary_and_ensemble(trained_bundle, tiny_coho
     probs = {name: [r["prob_pneumonia"] for r in table] for name, table in rows.items()}
     assert probs["ens"] == pytest.approx([(a + b) / 2 for a, b in zip(probs["m0"], probs["m1"])], abs=1e-5)
     assert len(probs["tta"]) == 8 and probs["tta"] != pytest.approx(probs["ens"], abs=1e-6)
-    threshold = (stored["threshold"] + 0.5) / 2  # the mean of the members' thresholds (fold0 youden, fixed 0.5)
+    threshold = chosen["threshold"]  # the ensemble's own, not the mean of the members' thresholds
     for r in rows["ens"] + rows["tta"]:
         assert r["prediction"] == ("pneumonia" if r["prob_pneumonia"] >= threshold else "normal")
+        assert 0.0 <= r["involvement"] <= 1.0 and r["category_pred"] in ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
