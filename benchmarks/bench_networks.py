@@ -16,20 +16,26 @@ import time
 import torch
 from torch import nn
 
+from benchmarks.common import multitask_target
+from pipeline.engine.multitask import MultiTaskLoss
 from pipeline.networks.nets import NETWORKS, build_network, count_flops, count_parameters
 
 
-def step_seconds(model: nn.Module, shape: tuple[int, ...], repeats: int, memory_format: torch.memory_format) -> float:
-    """Minimum wall seconds of one SGD step on a random batch of ``shape`` (after one warm-up step)."""
+def step_seconds(
+    name: str, model: nn.Module, shape: tuple[int, ...], repeats: int, memory_format: torch.memory_format
+) -> float:
+    """Minimum wall seconds of one SGD step of network ``name`` (its training loss: the multi-task loss for a
+    network with a lesion output) on a random batch of ``shape``, after one warm-up step."""
     model.train().to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = torch.randn(shape).contiguous(memory_format=memory_format)
-    y = torch.arange(shape[0]) % 2
+    y = multitask_target(name, torch.arange(shape[0]) % 2, x)
+    loss_fn = MultiTaskLoss()
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        loss_fn(model(x), y).backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
     return min(times[1:])
@@ -60,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             "gflops_per_volume": round(count_flops(model, (1, *shape[1:])) / 1e9, 3),
         }
         for label, memory_format in formats.items():
-            seconds = step_seconds(model, shape, args.repeats, memory_format)
+            seconds = step_seconds(name, model, shape, args.repeats, memory_format)
             entry[f"train_step_s_per_volume_{label}"] = round(seconds / args.batch, 4)
         report[name] = entry
     print(json.dumps(report, indent=2))

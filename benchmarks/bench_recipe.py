@@ -3,7 +3,7 @@
 Each variant is ``python -m monai.bundle run training`` on the same cohort and split with some overrides
 (``--outside_lung``, ``--augmentation``, ...), then :mod:`benchmarks.bench_transfer`'s tiers: a freshly seeded
 cohort, a shifted-scanner cohort (AUC with its interval, sensitivity per category) and the real scans in
-``../shared/realct`` (P(pneumonia) of the normals and of the RICORD slabs). Nothing here selects on those
+``--realct DIR`` (P(pneumonia) of the normals and of the RICORD slabs). Nothing here selects on those
 figures: the variants are fixed in advance and every one is reported. Example::
 
     python -m benchmarks.bench_recipe --cohort data/synthetic --epochs 20
@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_transfer import SHARED, cohort_rows, evaluate_cohort, real_scans, score_real
+from benchmarks.bench_transfer import cohort_rows, evaluate_cohort, real_scans, score_real
 from benchmarks.common import BUNDLE, RESULTS, THREADS, TRAIN_JSON, write_results
 from pipeline.engine.record import read as read_record
 from pipeline.inferers.ensemble import load_model_weights
-from pipeline.networks.nets import build_network
+from pipeline.networks.nets import build_network, has_lesion_output
 from pipeline.synth.generate import generate_cohort
 from pipeline.transforms.chain import deterministic_transforms, in_channels
 from pipeline.utils.atomic import atomic_write_text
@@ -58,7 +58,7 @@ def train(cohort: Path, out: Path, overrides: list[str], epochs: int, cache_dir:
         raise RuntimeError(f"training failed; see {out / 'train.log'}")
 
 
-def score(variant_dir: Path, cohorts: dict[str, Path]) -> dict[str, Any]:
+def score(variant_dir: Path, cohorts: dict[str, Path], realct: Path | None = None) -> dict[str, Any]:
     """The transfer tiers for the model in ``variant_dir/models``."""
     from monai.transforms import Compose
 
@@ -70,11 +70,12 @@ def score(variant_dir: Path, cohorts: dict[str, Path]) -> dict[str, Any]:
         result[name] = evaluate_cohort(cohort, model.parent, variant_dir / f"eval_{cohort.name}", record)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()
-    if SHARED.is_dir():
+    if realct is not None and realct.is_dir():
         import torch
 
-        chain = Compose(deterministic_transforms(**prep, dtype=torch.float32))
-        result["real"], _ = score_real(network, chain, real_scans())
+        lesion = has_lesion_output(record["network_name"])
+        chain = Compose(deterministic_transforms(**prep, dtype=torch.float32, lesion=lesion))
+        result["real"], _ = score_real(network, chain, real_scans(realct))
     return result
 
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=12)
     parser.add_argument("--matrix", type=int, default=256)
     parser.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
+    parser.add_argument("--realct", type=Path, default=None, help="the real CT folder (third-party; read in place)")
     args = parser.parse_args()
     cohorts = {"fresh seed": args.work / "fresh_seed", "shifted scanner": args.work / "shifted_scanner"}
     for cohort, (seed, scanner) in zip(cohorts.values(), ((101, "mosmed"), (202, "shifted")), strict=True):
@@ -120,7 +122,7 @@ def main() -> None:
             continue
         out = args.work / f"variant{i}"
         train(args.cohort, out, overrides, args.epochs, args.work / "cache")
-        results["variants"][name] = {"overrides": overrides, **score(out, cohorts)}
+        results["variants"][name] = {"overrides": overrides, **score(out, cohorts, args.realct)}
         print(name, json.dumps(results["variants"][name]), flush=True)
         atomic_write_text(previous, json.dumps(results, indent=2))
     print("results:", write_results("recipe", results))

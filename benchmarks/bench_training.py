@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from monai.data import DataLoader, Dataset, ThreadDataLoader
 from monai.transforms import Compose
-from torch import nn
 
-from benchmarks.common import THREADS, bundle_config, interleaved, median, ratio, write_results
+from benchmarks.common import THREADS, bundle_config, interleaved, median, multitask_target, ratio, write_results
+from pipeline.engine.handlers import prepare_float_batch
+from pipeline.engine.multitask import MultiTaskLoss
 from pipeline.networks.nets import build_network, count_flops, count_parameters
 
 SIZE = (128, 128, 64)
@@ -69,14 +70,15 @@ def train_step(
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     forward = torch.compile(model) if compiled else model
     x = torch.randn(batch, 1, *SIZE, device=device).contiguous(memory_format=memory_format)
-    y = torch.arange(batch, device=device) % 2
+    y = multitask_target(name, torch.arange(batch, device=device) % 2, x)
+    loss_fn = MultiTaskLoss()
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, enabled=amp):
-            loss = nn.functional.cross_entropy(forward(x), y)
+            loss = loss_fn(forward(x), y)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -91,8 +93,11 @@ def loader_epochs(device: torch.device, n: int, batch: int) -> dict[str, Callabl
     augment = Compose(parser.get_parsed_content("train#random_transforms"))
     cache_dtype = parser.get_parsed_content("cache_dtype")
     items = [{"image": torch.rand(1, *SIZE).to(cache_dtype), "label": i % 2} for i in range(n)]
+    for item in items:
+        item.update(mask=(item["image"] > 0.9).to(cache_dtype), has_mask=torch.tensor(1.0))
     dataset = Dataset(items, augment)
     model = build_network("chestnet").to(device).train()
+    loss_fn = MultiTaskLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     amp = device.type == "cuda"
 
@@ -103,7 +108,8 @@ def loader_epochs(device: torch.device, n: int, batch: int) -> dict[str, Callabl
             for data in loader:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=amp):
-                    loss = nn.functional.cross_entropy(model(data["image"].to(device)), data["label"].to(device))
+                    image, target = prepare_float_batch(data, device)
+                    loss = loss_fn(model(image), target)
                 loss.backward()
                 optimizer.step()
             synchronize(device)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 
+from pipeline.networks.nets import has_lesion_output
 from pipeline.utils.atomic import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,3 +79,11 @@ def write_results(name: str, results: dict[str, Any], out_dir: Path = RESULTS) -
     """Write ``results`` (plus the environment) to ``out_dir/NAME.json`` atomically; return the path."""
     results = {**results, "environment": environment()}
     return atomic_write_text(Path(out_dir) / f"{name}.json", json.dumps(results, indent=2) + "\n")
+
+
+def multitask_target(name: str, label: torch.Tensor, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The training target of network ``name`` for :class:`~pipeline.engine.multitask.MultiTaskLoss`: the labels,
+    with a lesion mask (the brightest voxels of ``x``) for networks that segment."""
+    if not has_lesion_output(name):
+        return label
+    return {"label": label, "mask": (x > 1.0).float(), "has_mask": torch.ones(len(label), device=x.device)}

@@ -20,6 +20,7 @@ from ignite.engine import Engine, Events
 from monai.engines import Workflow
 from monai.engines.utils import default_prepare_batch
 
+from pipeline.transforms.chain import HAS_MASK, MASK
 from pipeline.utils.atomic import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,19 @@ def class_output(output: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def prepare_float_batch(
     batchdata: dict, device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | dict | None]:
     """MONAI's ``default_prepare_batch``, with the image cast to float32 once it is on the device.
 
-    The cache holds float16 volumes (half the memory); the network gets float32 (or AMP's choice).
+    The cache holds float16 volumes (half the memory); the network gets float32 (or AMP's choice). A labelled
+    batch that carries lesion masks (the chain's ``lesion=True``) gets the multi-task target
+    ``{"label": (B,), "mask": (B, 1, H, W, D) float32, "has_mask": (B,)}`` of
+    :class:`pipeline.engine.multitask.MultiTaskLoss`.
     """
     image, label = default_prepare_batch(batchdata, device, non_blocking, **kwargs)
+    if label is not None and MASK in batchdata and HAS_MASK in batchdata:
+        mask = torch.as_tensor(batchdata[MASK]).to(device=device, non_blocking=non_blocking).float()
+        has_mask = torch.as_tensor(batchdata[HAS_MASK]).to(device=device, non_blocking=non_blocking)
+        label = {"label": label, MASK: mask, HAS_MASK: has_mask}
     return image.float(), label
 
 

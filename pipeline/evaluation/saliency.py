@@ -17,6 +17,8 @@ from matplotlib.figure import Figure
 from monai.visualize import GradCAM
 from torch import nn
 
+from pipeline.networks.nets import ClassLogits, split_output
+
 __all__ = ["last_conv_layer", "pick_examples", "saliency_montage"]
 
 PNEUMONIA = 1
@@ -54,12 +56,17 @@ def saliency_montage(
 ) -> bytes:
     """A PNG of ``n_slices`` axial slices with the Grad-CAM map of the pneumonia class overlaid.
 
+    For a network with a lesion output a second row shows the same slices with its lesion map (P(lesion)
+    >= 0.5 in red), so what drove the class can be compared with where the network sees lesions.
+
     Args:
-        network: a classifier mapping ``(B, C, H, W, D)`` to ``(B, 2)`` logits (class 1 pneumonia);
-            a copy of it runs in eval mode on its device, so ``network`` itself is left untouched.
+        network: a classifier mapping ``(B, C, H, W, D)`` to ``(B, 2)`` logits (class 1 pneumonia), or a
+            multi-task network (:mod:`pipeline.networks.nets`); a copy of it runs in eval mode on its device,
+            so ``network`` itself is left untouched.
         image: ``(C, H, W, D)`` preprocessed volume in [0, 1], ``D`` the axial (slice) axis; channel 0 is drawn
             (e.g. the CT when channel 1 is the lung mask).
-        target_layer: module name for Grad-CAM; by default :func:`last_conv_layer`.
+        target_layer: module name for Grad-CAM; by default the network's ``gradcam_layer`` if it names one
+            (the encoder's last convolution of a multi-task network), else :func:`last_conv_layer`.
         n_slices: number of axial slices, spread evenly through the volume.
         title: text above the montage; by default the predicted P(pneumonia).
         alpha: opacity of the ``jet`` overlay.
@@ -69,27 +76,33 @@ def saliency_montage(
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, H, W, D), got {tuple(image.shape)}")
-    layer = target_layer or last_conv_layer(network)
     # GradCAM hooks its layer for good and in-place activations break its backward hooks: work on a copy
-    model = copy.deepcopy(network).eval()
+    model = ClassLogits(copy.deepcopy(network).eval())
     for module in model.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False
+    layer = f"network.{target_layer}" if target_layer else getattr(model, "gradcam_layer", None)
+    layer = layer or last_conv_layer(model)
     x = image.detach().to(device=next(model.parameters()).device, dtype=torch.float32)[None]
     with torch.no_grad():
-        prob = torch.softmax(model(x), dim=1)[0, PNEUMONIA].item()
+        logits, lesion = split_output(model.network(x))
+        prob = torch.softmax(logits, dim=1)[0, PNEUMONIA].item()
     cam = GradCAM(nn_module=model, target_layers=layer)(x, class_idx=PNEUMONIA)
     volume = x[0, 0].cpu().numpy()
-    heat = cam[0, 0].detach().cpu().numpy()
+    overlays = [(cam[0, 0].detach().cpu().numpy(), "jet", 0.0)]
+    if lesion is not None:
+        overlays.append((torch.sigmoid(lesion[0, 0]).cpu().numpy(), "Reds", 0.5))
     slices = _axial_slices(volume.shape[-1], n_slices)
 
-    fig = Figure(figsize=(2.0 * len(slices), 2.4), dpi=100)
-    axes = fig.subplots(1, len(slices), squeeze=False)[0]
-    for ax, k in zip(axes, slices):
-        ax.imshow(np.rot90(volume[..., k]), cmap="gray", vmin=0.0, vmax=1.0)
-        ax.imshow(np.rot90(heat[..., k]), cmap="jet", vmin=0.0, vmax=1.0, alpha=alpha)
-        ax.set_title(f"slice {k}", fontsize=8)
-        ax.axis("off")
+    fig = Figure(figsize=(2.0 * len(slices), 0.4 + 2.0 * len(overlays)), dpi=100)
+    axes = fig.subplots(len(overlays), len(slices), squeeze=False)
+    for row, (heat, cmap, floor) in zip(axes, overlays):
+        for ax, k in zip(row, slices):
+            ax.imshow(np.rot90(volume[..., k]), cmap="gray", vmin=0.0, vmax=1.0)
+            shown = np.ma.masked_less(np.rot90(heat[..., k]), floor) if floor else np.rot90(heat[..., k])
+            ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha)
+            ax.set_title(f"slice {k}" + (", lesions" if cmap == "Reds" else ""), fontsize=8)
+            ax.axis("off")
     fig.suptitle(title if title is not None else f"Grad-CAM, P(pneumonia) = {prob:.2f}", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()

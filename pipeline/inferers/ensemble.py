@@ -5,6 +5,10 @@ softmax to the network output, and ``softmax(log p) = p`` when ``p`` sums to one
 is exactly the mean of the members' probabilities; a cross-entropy loss on the output is the negative
 log-likelihood of that mean. A single network passed through ``log_softmax`` gives the same probabilities as
 its logits, so wrappers compose (e.g. :class:`pipeline.inferers.tta.TTAInferer` around an :class:`Ensemble`).
+
+The averaged probabilities are the ensemble's own scores, so its operating threshold is chosen on them, on the
+ensemble's validation predictions (:func:`pipeline.engine.threshold.choose_ensemble_threshold`,
+``python -m pipeline ensemble-threshold``), never averaged from the members' thresholds.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from pipeline.engine.checkpoint import load_weights_only
+from pipeline.networks.nets import CLASS_KEY, LESION_KEY, split_output
 from pipeline.utils.errors import InputError
 
 __all__ = ["Ensemble", "load_model_weights", "mean_log_probs"]
@@ -52,7 +57,8 @@ class Ensemble(nn.Module):
         network: the architecture (e.g. the bundle's ``network``); each member is a deep copy of it, on its device.
         ckpt_files: checkpoints, each read with ``torch.load(weights_only=True)``.
 
-    ``forward(x (B, C, H, W, D))`` returns ``(B, K)``: ``log(mean_m softmax(member_m(x)))``.
+    ``forward(x (B, C, H, W, D))`` returns ``(B, K)``: ``log(mean_m softmax(member_m(x)))``; for multi-task
+    members ``{"pred": that, "lesion": logit(mean_m sigmoid(lesion_m))}`` (``(B, 1, H, W, D)``).
     """
 
     def __init__(self, network: nn.Module, ckpt_files: Sequence[str | os.PathLike]) -> None:
@@ -65,5 +71,11 @@ class Ensemble(nn.Module):
             load_model_weights(copy.deepcopy(network), f, map_location=device) for f in self.ckpt_files
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return mean_log_probs([member(x) for member in self.members])
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The members' mean class probabilities as logs; with lesion outputs, also their mean P(lesion) as logits."""
+        outputs = [split_output(member(x)) for member in self.members]
+        log_probs = mean_log_probs([logits for logits, _ in outputs])
+        if outputs[0][1] is None:
+            return log_probs
+        lesion = torch.stack([torch.sigmoid(lesion.float()) for _, lesion in outputs]).mean(dim=0)
+        return {CLASS_KEY: log_probs, LESION_KEY: torch.logit(lesion, eps=1e-6)}

@@ -12,6 +12,7 @@ width, 1400 HU by default), RAS, ``D`` cranio-caudal. Recipes (:data:`RECIPES`):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from monai.transforms import (
     RandAdjustContrastd,
@@ -36,12 +37,16 @@ def train_augmentation(
     keys: str = "image",
     max_rotation_deg: float = 20.0,
     hu_width: float = 1400.0,
+    mask_keys: Sequence[str] = (),
 ) -> list[Transform]:
     """The random transforms of ``recipe`` (see the module docstring), in order.
 
     Args:
         recipe: one of :data:`RECIPES`.
         keys: the image key.
+        mask_keys: keys that move with the image (e.g. the lesion mask): flips, rotations and scaling apply to
+            them too (bilinear, so a fractional mask stays fractional), intensity transforms do not; absent keys
+            are skipped.
         max_rotation_deg: the largest in-plane rotation (``"tutorial"``; ``"hospital"`` uses a quarter of it
             about the other two axes).
         hu_width: HU per window unit, to express noise and shifts in HU.
@@ -49,18 +54,20 @@ def train_augmentation(
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     rad = math.radians(max_rotation_deg)
+    spatial = [keys, *mask_keys]
     if recipe == "tutorial":
-        return [RandRotated(keys, range_z=rad, prob=0.9, padding_mode="zeros")]
+        return [RandRotated(spatial, range_z=rad, prob=0.9, padding_mode="zeros", allow_missing_keys=True)]
     hu = 1.0 / hu_width
     return [
-        RandFlipd(keys, spatial_axis=0, prob=0.5),  # left-right
+        RandFlipd(spatial, spatial_axis=0, prob=0.5, allow_missing_keys=True),  # left-right
         RandAffined(
-            keys,
+            spatial,
             prob=0.8,
             rotate_range=(rad / 4, rad / 4, rad),
             scale_range=(0.1, 0.1, 0.1),
             mode="bilinear",
             padding_mode="zeros",
+            allow_missing_keys=True,
         ),
         RandGaussianNoised(keys, prob=0.5, mean=0.0, std=25 * hu),  # up to 25 HU of noise
         RandGaussianSmoothd(keys, prob=0.25, sigma_x=(0.3, 0.8), sigma_y=(0.3, 0.8), sigma_z=(0.2, 0.5)),  # soft kernel

@@ -17,6 +17,13 @@ series folder (shapes for a MosMedData study):
    minus the Gaussian passes that change nothing), cast to ``dtype`` (float16: what the cache holds; every
    engine casts to float32 on the device, so all routes feed the network the same tensor).
 
+With ``lesion=True`` (networks with a lesion output, :func:`pipeline.networks.nets.has_lesion_output`) the
+item's lesion mask ``"mask"`` (a file path, when the study has one) follows the image through steps 2-5 and 8
+(trilinear: a fraction of each voxel), the lung mask ``"lung"`` is kept (resized the same way) for the
+involvement, and :class:`LesionMaskd` gives studies without a mask an empty one with ``"has_mask"`` 0 (1 for a
+study labelled normal: it has no lesions), so every item has ``"image"``, ``"lung"``, ``"mask"`` of the same
+``(1, H, W, D)`` grid and ``"has_mask"``.
+
 The parameters are the checkpoint's record (:mod:`pipeline.engine.record`); :data:`RECORDED` names them.
 """
 
@@ -45,9 +52,13 @@ from pipeline.transforms.plausibility import CheckChestCTd
 from pipeline.transforms.spatial import ResampleToSpacingd, SmoothResized
 
 __all__ = [
+    "HAS_MASK",
+    "LUNG",
+    "MASK",
     "OUTSIDE_LUNG",
     "RECORDED",
     "HUWindowd",
+    "LesionMaskd",
     "NiftiReader",
     "deterministic_transforms",
     "in_channels",
@@ -58,7 +69,8 @@ __all__ = [
 OUTSIDE_LUNG = ("air", "channel", "keep")
 #: The parameters of :func:`deterministic_transforms` that change what the network sees (the checkpoint records them).
 RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung")
-_LUNG = "lung"
+#: Item keys of the lung mask, the lesion mask and whether the study has a lesion mask.
+LUNG, MASK, HAS_MASK = "lung", "mask", "has_mask"
 
 
 class NiftiReader(NibabelReader):
@@ -122,6 +134,37 @@ class HUWindowd(MapTransform):
         return d
 
 
+class LesionMaskd(MapTransform):
+    """Make every item carry a lesion mask: an empty one like ``data[like_key]`` where ``data[key]`` is absent.
+
+    Sets ``data[flag_key]`` to a float32 scalar tensor: 1 when the lesions are known (the item came with a mask,
+    or it is labelled normal, ``data[label_key] == 0``: a study without findings has none), 0 otherwise, so losses
+    and metrics leave out the masks of studies whose lesions were never drawn (MosMedData's CT-1 to CT-4 but 50).
+    """
+
+    def __init__(
+        self, keys: KeysCollection = MASK, like_key: str = LUNG, flag_key: str = HAS_MASK, label_key: str = "label"
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.like_key, self.flag_key, self.label_key = like_key, flag_key, label_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        normal = d.get(self.label_key) is not None and int(torch.as_tensor(d[self.label_key]).reshape(-1)[0]) == 0
+        for key in self.keys:
+            present = d.get(key) is not None
+            known = present or normal
+            if not present:
+                like = d[self.like_key]
+                d[key] = (
+                    MetaTensor(torch.zeros(like.shape), meta=like.meta)
+                    if isinstance(like, MetaTensor)
+                    else (torch.zeros(like.shape))
+                )
+            d[self.flag_key] = torch.tensor(float(known))
+        return d
+
+
 def lung_or_all(mask: torch.Tensor | np.ndarray) -> np.ndarray:
     """``CropForeground``'s selector: the lung mask, or every voxel when it is empty (then nothing is cropped).
 
@@ -150,6 +193,7 @@ def deterministic_transforms(
     keys: str = "image",
     load: bool = True,
     check_chest: bool = True,
+    lesion: bool = False,
 ) -> list[Transform]:
     """The chain above, as a list of MONAI dictionary transforms on ``keys``.
 
@@ -162,43 +206,54 @@ def deterministic_transforms(
         dtype: output dtype.
         load: start with ``LoadImaged`` (``False`` for in-memory volumes that are already channel-first MetaTensors).
         check_chest: refuse volumes that are not a chest CT in HU.
+        lesion: carry the lesion mask and the lung mask to the output (see the module docstring); not with
+            ``outside_lung="keep"`` (no lung mask then).
     """
     in_channels(outside_lung)  # validates the mode
+    if lesion and outside_lung == "keep":
+        raise ValueError("lesion=True needs the lung mask: outside_lung 'air' or 'channel', not 'keep'")
     margin = [int(np.ceil(lung_margin_mm / p)) for p in pixdim]
+    spatial = [keys, MASK] if lesion else [keys]
     chain: list[Transform] = []
     if load:
-        loader = LoadImaged(keys, image_only=True, ensure_channel_first=True)
+        loader = LoadImaged(spatial, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
         loader.register(NiftiReader(np.float32))  # chosen first for .nii/.nii.gz; DICOM series as before
         chain.append(loader)
     if check_chest:
         chain.append(CheckChestCTd(keys))
-    chain += [Orientationd(keys, axcodes="RAS"), ResampleToSpacingd(keys, pixdim=pixdim)]
+    chain += [
+        Orientationd(spatial, axcodes="RAS", allow_missing_keys=True),
+        ResampleToSpacingd(spatial, pixdim=pixdim, allow_missing_keys=True),
+    ]
     if outside_lung == "keep":
         chain.append(HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]))
     else:
         chain += [
-            LungMaskd(keys, mask_key=_LUNG),
+            LungMaskd(keys, mask_key=LUNG),
             CropForegroundd(
-                [keys, _LUNG],
-                source_key=_LUNG,
+                [*spatial, LUNG],
+                source_key=LUNG,
                 select_fn=lung_or_all,
                 margin=margin,
                 allow_smaller=True,
                 start_coord_key=None,
                 end_coord_key=None,
+                allow_missing_keys=True,
             ),
         ]
         if outside_lung == "air":
-            chain += [HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1], mask_key=_LUNG), DeleteItemsd(_LUNG)]
+            chain.append(HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1], mask_key=LUNG))
         else:
             chain += [
                 HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]),
-                EnsureTyped(_LUNG, dtype=torch.float32),
-                ConcatItemsd([keys, _LUNG], name=keys),
-                DeleteItemsd(_LUNG),
+                EnsureTyped(LUNG, dtype=torch.float32),
+                ConcatItemsd([keys, LUNG], name=keys),
             ]
-    chain += [
-        SmoothResized(keys, spatial_size=tuple(spatial_size), mode="trilinear"),
-        EnsureTyped(keys, dtype=dtype),
-    ]
+        if not lesion:
+            chain.append(DeleteItemsd(LUNG))
+    resized = [*spatial, LUNG] if lesion else [keys]
+    chain.append(SmoothResized(resized, spatial_size=tuple(spatial_size), mode="trilinear", allow_missing_keys=True))
+    if lesion:
+        chain.append(LesionMaskd(MASK, like_key=LUNG, flag_key=HAS_MASK))
+    chain.append(EnsureTyped(resized, dtype=dtype))
     return chain

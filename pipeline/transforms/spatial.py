@@ -167,8 +167,14 @@ class ResampleToSpacing(Transform):
 class ResampleToSpacingd(MapTransform):
     """Dictionary version of :class:`ResampleToSpacing`; ``mode`` may be one per key."""
 
-    def __init__(self, keys: KeysCollection, pixdim: Sequence[float], mode: str | Sequence[str] = "trilinear") -> None:
-        super().__init__(keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        pixdim: Sequence[float],
+        mode: str | Sequence[str] = "trilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
         modes = [mode] * len(self.keys) if isinstance(mode, str) else list(mode)
         self.resamplers = {key: ResampleToSpacing(pixdim, m) for key, m in zip(self.keys, modes, strict=True)}
 
@@ -225,8 +231,14 @@ class SmoothResize(Transform):
 class SmoothResized(MapTransform):
     """Dictionary version of :class:`SmoothResize`."""
 
-    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int], mode: str = "trilinear") -> None:
-        super().__init__(keys)
+    def __init__(
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int],
+        mode: str = "trilinear",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
         self.resizer = SmoothResize(spatial_size, mode)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import nibabel as nib
+import numpy as np
 import pytest
 from conftest import TINY, run_bundle
 
@@ -37,13 +39,21 @@ def test_evaluate_on_a_cohort(trained_bundle, tiny_cohort, tmp_path):
         *TINY,
     )
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["n"] == 24 and metrics["n_positive"] == 16
+    assert metrics["n"] == 5  # the test split of the training cohort (20 %)
     for key in ("auc", "accuracy", "sensitivity", "specificity"):
         assert 0.0 <= metrics[key] <= 1.0
     rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
-    assert len(rows) == 24 and {r["category"] for r in rows} == {"CT-0", "CT-2", "CT-3"}
+    assert len(rows) == 5 and {r["category"] for r in rows} == {"CT-0", "CT-2", "CT-3"}
+    assert metrics["n_positive"] == sum(r["category"] != "CT-0" for r in rows)
     for r in rows:
         assert abs(float(r["prob_normal"]) + float(r["prob_pneumonia"]) - 1) < 1e-5
+        # the multi-task default: involvement against the generator's mask, category, the lesion map on disk
+        assert 0.0 <= float(r["involvement"]) <= 1.0 and 0.0 <= float(r["involvement_true"]) <= 1.0
+        assert (float(r["involvement_true"]) == 0.0) == (r["category"] == "CT-0")
+        assert r["category_pred"] in ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+        assert (r["category_pred"] == "CT-0") == (r["prediction"] == "normal")
+    severity = metrics["severity"]
+    assert severity["involvement"]["n"] == 5 and severity["category"]["n"] == 5
     assert "metrics.json" in proc.stdout
 
 
@@ -66,6 +76,11 @@ def test_infer_on_nifti_folder_and_real_dicom(real_series, trained_bundle, tiny_
     assert len(rows) == 8
     first = rows[0]
     assert f"{first['study_id']}: {100 * first['prob_normal']:.1f} % normal" in proc.stdout
+    assert f"{100 * first['involvement']:.1f} % of the lung involved, {first['category_pred']}" in proc.stdout
+    assert first["involvement_true"] == ""  # no mask given
+    lesion_map, scan = nib.load(first["lesion_map"]), nib.load(first["image"])
+    assert lesion_map.shape == scan.shape and np.allclose(lesion_map.affine, scan.affine)  # the scan's own grid
+    assert lesion_map.get_data_dtype() == np.uint8 and lesion_map.get_fdata().max() <= 100  # percent
     dicom = real_series
     run_bundle(
         "run",
@@ -82,3 +97,4 @@ def test_infer_on_nifti_folder_and_real_dicom(real_series, trained_bundle, tiny_
     )
     (row,) = list(csv.DictReader(open(tmp_path / "dicom" / "predictions.csv")))
     assert row["study_id"] == dicom.name and row["prediction"] in ("normal", "pneumonia")
+    assert nib.load(row["lesion_map"]).shape[2] == len(list(dicom.glob("*.dcm")))  # one map slice per DICOM slice

@@ -17,6 +17,7 @@ from conftest import BUNDLE, TESTING_DATA, run_bundle
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_metadata
 
 from pipeline.inferers.ensemble import load_model_weights
+from pipeline.networks.nets import split_output
 
 CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
@@ -79,10 +80,28 @@ def test_metadata_classes_match_the_configs() -> None:
 
 
 def test_verify_net_in_out_cli() -> None:
+    """MONAI's check reads one tensor output ("pred"): the class head, seen through ``classifier_def``."""
     proc = run_bundle(
-        "verify_net_in_out", "network_def", "--meta_file", str(META), "--config_file", str(CONFIGS / "inference.json"),
+        "verify_net_in_out", "classifier_def", "--meta_file", str(META),
+        "--config_file", str(CONFIGS / "inference.json"),
     )  # fmt: skip
     assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+
+
+def test_network_outputs_match_the_metadata() -> None:
+    """Every output the metadata declares, with its channels and the input's spatial shape (the lesion map)."""
+    meta = json.loads(META.read_text())["network_data_format"]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser["bundle_root"] = str(BUNDLE)
+    network = parser.get_parsed_content("network_def").eval()
+    image = meta["inputs"]["image"]
+    with torch.no_grad():
+        out = network(torch.rand(1, image["num_channels"], *image["spatial_shape"]))
+    assert set(out) == set(meta["outputs"]) == set(meta["post_processed_outputs"])
+    for key, declared in meta["outputs"].items():
+        assert out[key].shape[1] == declared["num_channels"], key
+    assert list(out["lesion"].shape[2:]) == meta["outputs"]["lesion"]["spatial_shape"] == image["spatial_shape"]
 
 
 @pytest.fixture(scope="module")
@@ -191,18 +210,20 @@ def test_exported_models_give_the_checkpoint_probabilities(real_series, trained_
     image = preprocessed_real_ct(real_series, trained_bundle)
     assert tuple(image.shape) == (1, 1, *spatial_size)
     with torch.no_grad():
-        expected = torch.softmax(network(image), dim=1)
+        logits, lesion = split_output(network(image))
+    expected = torch.softmax(logits, dim=1)
 
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(ts_path), map_location="cpu", _extra_files=extra)
     assert json.loads(extra["metadata.json"])["version"] == json.loads(META.read_text())["version"]
     assert json.loads(extra["inference.json"])["network_def"] == parser["network_def"]
     with torch.no_grad():
-        torchscript = torch.softmax(scripted(image), dim=1)
+        ts_logits, ts_lesion = split_output(scripted(image))
 
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {session.get_inputs()[0].name: image.numpy()})
-    onnx = torch.softmax(torch.from_numpy(logits), dim=1)
+    onnx_logits, onnx_lesion = session.run(None, {session.get_inputs()[0].name: image.numpy()})  # class, lesion
 
-    torch.testing.assert_close(torchscript, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(onnx, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.softmax(ts_logits, dim=1), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.softmax(torch.from_numpy(onnx_logits), dim=1), expected, atol=1e-5, rtol=0)
+    for exported in (ts_lesion, torch.from_numpy(onnx_lesion)):  # the lesion output is exported too
+        torch.testing.assert_close(torch.sigmoid(exported), torch.sigmoid(lesion), atol=1e-5, rtol=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from ignite.engine import Engine
 from ignite.metrics import Loss
 from monai.handlers import ROCAUC
 
-from pipeline.engine.selection import TIE_WEIGHT, lr_schedule, selection_metric, selection_score
+from pipeline.engine.selection import TIE_WEIGHT, InvolvementError, lr_schedule, selection_metric, selection_score
 
 
 def test_ties_in_auc_go_to_the_lower_loss_and_auc_still_comes_first():
@@ -59,3 +60,23 @@ def test_tutorial_schedule_and_unknown_names():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.96e-4)
     with pytest.raises(ValueError, match="cosine"):
         lr_schedule("plateau", optimizer, epochs=10)
+
+
+def test_multitask_selection_weighs_the_involvement_error():
+    assert selection_score(0.98, 0.2, involvement_error=0.05) == pytest.approx(
+        (0.98 + 0.95) / 2 - TIE_WEIGHT * 0.2 / 1.2
+    )
+    # a later epoch of equal AUC whose lesion map is closer wins; no known involvement: AUC alone
+    assert selection_score(0.97, 0.3, 0.04) > selection_score(0.97, 0.2, 0.10)
+    assert selection_score(0.97, 0.3, float("nan")) == selection_score(0.97, 0.3) == selection_score(0.97, 0.3, None)
+
+
+def test_involvement_error_skips_unknown_truth():
+    metric = InvolvementError()
+    metric.reset()
+    assert math.isnan(metric.compute())
+    metric.update(
+        [{"involvement": 0.3, "involvement_true": 0.1}, {"involvement": 0.5, "involvement_true": float("nan")}]
+    )
+    metric.update([{"involvement": 0.0, "involvement_true": 0.0}, {"pred": 1}])
+    assert metric.compute() == pytest.approx(0.1)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipeline.evaluation.saliency import last_conv_layer, pick_examples, saliency_montage
-from pipeline.networks.nets import ChestNet
+from pipeline.networks.nets import ChestNet, LesionChestNet
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -60,6 +60,29 @@ def test_montage_is_a_png_and_leaves_the_network_alone(volume, make, layer):
     assert (rgb.max(axis=-1) - rgb.min(axis=-1) > 0.2).mean() > 0.05  # the coloured CAM overlay shows
     assert net.training and inplace == [m.inplace for m in net.modules() if hasattr(m, "inplace")]
     assert any(inplace)
+    assert not net._forward_hooks and all(not m._forward_hooks for m in net.modules())
+
+
+def test_multitask_montage_adds_the_lesion_row(volume):
+    torch.set_num_threads(1)
+
+    def lesion_net(prior: float) -> LesionChestNet:
+        """P(lesion) = ``prior`` in every voxel: the head's weights zeroed, its bias the prior's logit."""
+        net = LesionChestNet(channels=(4, 8, 16), lesion_prior=prior).eval()
+        nn.init.zeros_(net.lesion_head.weight)
+        return net
+
+    net = lesion_net(0.9)
+    rows = decode(saliency_montage(net, volume, n_slices=4))
+    single = decode(saliency_montage(ChestNet(channels=(4, 8, 16)).eval(), volume, n_slices=4))
+    assert rows.shape[1] == single.shape[1] and rows.shape[0] > 1.6 * single.shape[0]  # two rows of slices
+    clear = decode(saliency_montage(lesion_net(0.1), volume, n_slices=4))
+
+    def red(pixels) -> float:
+        lower = pixels[int(0.6 * pixels.shape[0]) :, :, :3]
+        return float(((lower[..., 0] - lower[..., 2]) > 0.1).mean())
+
+    assert red(rows) > 0.01 and red(clear) < 0.1 * red(rows)  # the lesion overlay shows where P(lesion) >= 0.5
     assert not net._forward_hooks and all(not m._forward_hooks for m in net.modules())
 
 

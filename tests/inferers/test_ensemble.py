@@ -81,3 +81,23 @@ def test_bad_checkpoints_name_the_file(tmp_path, checkpoints):
 def test_ckpt_files_must_be_a_list(files):
     with pytest.raises(ValueError, match="non-empty list"):
         Ensemble(tiny_net(0), files)
+
+
+def test_multitask_members_average_their_lesion_probabilities(tmp_path):
+    nets = [build_network("chestnet", channels=(4, 8, 16)).eval() for _ in range(2)]
+    files = []
+    for k, net in enumerate(nets):
+        torch.manual_seed(k)
+        nn.init.normal_(net.lesion_head.weight)  # members that disagree
+        files.append(tmp_path / f"m{k}.pt")
+        torch.save({"model": net.state_dict()}, files[-1])
+    ensemble = Ensemble(build_network("chestnet", channels=(4, 8, 16)), files).eval()
+    x = torch.randn(2, 1, 16, 16, 8)
+    with torch.no_grad():
+        out = ensemble(x)
+        members = [n(x) for n in nets]
+    assert set(out) == {"pred", "lesion"}
+    expected = torch.stack([torch.softmax(m["pred"], 1) for m in members]).mean(0)
+    torch.testing.assert_close(torch.softmax(out["pred"], 1), expected)
+    lesion = torch.stack([torch.sigmoid(m["lesion"]) for m in members]).mean(0)
+    torch.testing.assert_close(torch.sigmoid(out["lesion"]), lesion, atol=1e-5, rtol=0)

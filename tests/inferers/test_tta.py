@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from monai.transforms import Rotate
+from monai.transforms import Compose, Rotate
 from torch import nn
 
 from pipeline.inferers.ensemble import Ensemble
 from pipeline.inferers.tta import TTAInferer
+from pipeline.transforms.augment import train_augmentation
 
 
 def tiny_net(seed: int) -> nn.Module:
@@ -79,3 +80,42 @@ def test_bad_axes_and_shapes():
         TTAInferer(rotation_axis=-1)
     with pytest.raises(ValueError, match=r"\(B, C, H, W, D\)"):
         TTAInferer().views(torch.rand(1, 8, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("recipe", "max_rotation_deg", "flips", "angles"),
+    [("hospital", 20, (0,), (-10.0, 10.0)), ("tutorial", 20, (), (-10.0, 10.0)), ("tutorial", 5, (), ())],
+)
+def test_views_are_restricted_to_the_training_recipe(recipe, max_rotation_deg, flips, angles):
+    """No view the model never saw: the tutorial recipe never flips, and no rotation exceeds the recipe's range."""
+    transforms = train_augmentation(recipe, max_rotation_deg=max_rotation_deg)
+    inferer = TTAInferer.for_augmentation(transforms, flip_axes=(0, 1), angles_deg=(-10.0, 10.0))
+    assert inferer.flip_axes == flips and len(inferer.rotations) == len(angles)
+    assert len(inferer.views(torch.rand(1, 1, 8, 8, 4))) == 1 + len(flips) + len(angles)
+    assert TTAInferer.for_augmentation(Compose(transforms)).flip_axes == flips
+
+
+class VoxelEcho(nn.Module):
+    """A multi-task toy: class logits from a pooled value, the lesion logit of each voxel its own intensity."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"pred": torch.stack([-x.mean((1, 2, 3, 4)), x.mean((1, 2, 3, 4))], dim=1), "lesion": x[:, :1]}
+
+
+def test_lesion_maps_are_brought_back_before_averaging():
+    """Each view's map is flipped or rotated back: a map that follows the voxels comes out as the original one."""
+    x = torch.zeros(2, 1, 16, 16, 6)
+    x[:, :, 3:7, 4:12, 1:5] = 1.0  # off-centre, so an un-inverted flip or rotation would smear it
+    inferer = TTAInferer(flip_axes=(0, 1), angles_deg=(-10.0, 10.0))
+    out = inferer(x, VoxelEcho())
+    assert set(out) == {"pred", "lesion"} and out["lesion"].shape == x.shape
+    probs = torch.sigmoid(out["lesion"])
+    expected = torch.sigmoid(x)
+    inside = x > 0
+    torch.testing.assert_close(probs[~inside], expected[~inside], atol=0.05, rtol=0)  # edges blur a little
+    assert (probs[inside] - expected[inside]).abs().mean() < 0.02
+    plain = TTAInferer(flip_axes=(0, 1), angles_deg=())(x, VoxelEcho())
+    torch.testing.assert_close(torch.sigmoid(plain["lesion"]), expected, atol=1e-5, rtol=0)  # flips undo exactly
+    torch.testing.assert_close(
+        torch.softmax(out["pred"], 1), torch.softmax(VoxelEcho()(x)["pred"], 1), atol=0.01, rtol=0
+    )
