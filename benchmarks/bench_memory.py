@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 from monai.data import CacheDataset
-from monai.transforms import Compose
 
 from benchmarks.common import RESULTS, THREADS, bundle_config, write_results
 from pipeline.synth.generate import generate_cohort
@@ -31,9 +30,10 @@ BUDGET_BYTES = 4 * 10**9
 
 
 def run(studies: int, matrix: int = 128) -> dict[str, Any]:
-    """Cache ``studies`` generated studies with the bundle's chain; return bytes per study and the budget arithmetic."""
+    """Cache ``studies`` generated studies as the bundle's training cache does (``train#preprocessing`` up to its first
+    random transform); return bytes per study and the budget arithmetic."""
     parser = bundle_config()
-    transform = Compose(parser.get_parsed_content("deterministic_transforms"))
+    transform = parser.get_parsed_content("train#preprocessing")
     with tempfile.TemporaryDirectory(prefix="bench_mem_") as tmp:
         generate_cohort(tmp, per_category=studies, categories=["CT-0"], matrix=matrix, progress=False)
         items = [{"image": str(p), "label": 0} for p in sorted(Path(tmp).glob("studies/*/*.nii.gz"))]

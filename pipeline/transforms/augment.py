@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from monai.transforms import (
+    EnsureTyped,
     RandAdjustContrastd,
     RandAffined,
     RandFlipd,
@@ -45,8 +47,8 @@ def train_augmentation(
         recipe: one of :data:`RECIPES`.
         keys: the image key.
         mask_keys: keys that move with the image (e.g. the lesion mask): flips, rotations and scaling apply to
-            them too (bilinear, so a fractional mask stays fractional), intensity transforms do not; absent keys
-            are skipped.
+            them too (bilinear: a 0/1 mask becomes fractional at its edges), intensity transforms do not; absent
+            keys are skipped, and the masks end as float32 whichever transforms fired (so a batch collates).
         max_rotation_deg: the largest in-plane rotation (``"tutorial"``; ``"hospital"`` uses a quarter of it
             about the other two axes).
         hu_width: HU per window unit, to express noise and shifts in HU.
@@ -55,8 +57,9 @@ def train_augmentation(
         raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
     rad = math.radians(max_rotation_deg)
     spatial = [keys, *mask_keys]
+    as_float = [EnsureTyped(list(mask_keys), dtype=torch.float32, allow_missing_keys=True)] if mask_keys else []
     if recipe == "tutorial":
-        return [RandRotated(spatial, range_z=rad, prob=0.9, padding_mode="zeros", allow_missing_keys=True)]
+        return [RandRotated(spatial, range_z=rad, prob=0.9, padding_mode="zeros", allow_missing_keys=True), *as_float]
     hu = 1.0 / hu_width
     return [
         RandFlipd(spatial, spatial_axis=0, prob=0.5, allow_missing_keys=True),  # left-right
@@ -75,4 +78,5 @@ def train_augmentation(
         RandShiftIntensityd(keys, offsets=30 * hu, prob=0.5),  # +-30 HU calibration offset
         RandScaleIntensityd(keys, factors=0.05, prob=0.5),  # +-5 % contrast scale
         RandAdjustContrastd(keys, prob=0.25, gamma=(0.85, 1.15)),
+        *as_float,
     ]

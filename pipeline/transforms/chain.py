@@ -22,7 +22,8 @@ item's lesion mask ``"mask"`` (a file path, when the study has one) follows the 
 (trilinear: a fraction of each voxel), the lung mask ``"lung"`` is kept (resized the same way) for the
 involvement, and :class:`LesionMaskd` gives studies without a mask an empty one with ``"has_mask"`` 0 (1 for a
 study labelled normal: it has no lesions), so every item has ``"image"``, ``"lung"``, ``"mask"`` of the same
-``(1, H, W, D)`` grid and ``"has_mask"``.
+``(1, H, W, D)`` grid and ``"has_mask"``. Both masks end as uint8 0/1 (``AsDiscreted`` at 0.5, the cut the
+involvement reads them at): a byte a voxel in the cache instead of float16's two.
 
 The parameters are the checkpoint's record (:mod:`pipeline.engine.record`); :data:`RECORDED` names them.
 """
@@ -37,6 +38,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader
 from monai.transforms import (
+    AsDiscreted,
     ConcatItemsd,
     CropForegroundd,
     DeleteItemsd,
@@ -253,7 +255,10 @@ def deterministic_transforms(
             chain.append(DeleteItemsd(LUNG))
     resized = [*spatial, LUNG] if lesion else [keys]
     chain.append(SmoothResized(resized, spatial_size=tuple(spatial_size), mode="trilinear", allow_missing_keys=True))
-    if lesion:
-        chain.append(LesionMaskd(MASK, like_key=LUNG, flag_key=HAS_MASK))
-    chain.append(EnsureTyped(resized, dtype=dtype))
+    if lesion:  # both masks read at 0.5 (the involvement's cut), one byte a voxel in the cache
+        chain += [
+            LesionMaskd(MASK, like_key=LUNG, flag_key=HAS_MASK),
+            AsDiscreted([MASK, LUNG], threshold=0.5, dtype=torch.uint8),
+        ]
+    chain.append(EnsureTyped(keys, dtype=dtype))
     return chain

@@ -95,6 +95,9 @@ def test_chain_carries_the_mask_with_the_image(study_files) -> None:
         assert {k: tuple(item[k].shape) for k in ("image", "lung", "mask")} == dict.fromkeys(
             ("image", "lung", "mask"), (1, 48, 48, 24)
         )
+    for key in ("lung", "mask"):  # a byte a voxel in the cache, read at 0.5
+        assert with_mask[key].dtype == torch.uint8 and set(with_mask[key].unique().tolist()) == {0, 1}
+    assert with_mask["image"].dtype == torch.float16
     assert float(with_mask["has_mask"]) == 1.0 and float(without["has_mask"]) == 0.0
     assert float(without["mask"].sum()) == 0.0
     normal = chain({"image": study_files["image"], "label": 0})  # labelled normal: no lesions, known
@@ -140,3 +143,8 @@ def test_augmentation_moves_the_mask_with_the_image() -> None:
         overlap = (moved & bright).sum() / max(int(moved.sum()), 1)
         assert overlap > 0.8, f"seed {seed}"
     assert set(Compose(train_augmentation("hospital"))({"image": image})) == {"image"}  # masks are optional
+    cached = {"image": image.half(), "mask": (image > 0).to(torch.uint8)}
+    for seed in range(4):  # a batch collates whichever transforms fired: the masks always come out float32
+        transforms = Compose(train_augmentation("hospital", mask_keys=["mask"]))
+        transforms.set_random_state(seed)
+        assert torch.as_tensor(transforms(dict(cached))["mask"]).dtype == torch.float32
