@@ -194,6 +194,15 @@ def refused(proc: subprocess.CompletedProcess, names: list[str]) -> None:
         assert name in message, f"{name} not named in:\n{message}"
 
 
+def content_items(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
+    """Every content item of a DICOM SR tree by its concept name's meaning (the last one of a name wins)."""
+    found = {}
+    for item in sr.get("ContentSequence", []):
+        found[item.ConceptNameCodeSequence[0].CodeMeaning] = item
+        found.update(content_items(item))
+    return found
+
+
 # --- real CT: third-party originals in ../shared/realct, small versions derived per session --------------------
 
 

@@ -18,6 +18,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+from conftest import content_items
 from monai.transforms import LoadImage
 
 from pipeline.__main__ import main
@@ -48,15 +49,6 @@ def no_lungs(volume: np.ndarray, affine: np.ndarray) -> np.ndarray:
     out = volume.copy()
     out[lung_mask(volume, voxel_spacing(affine))] = 40.0
     return out
-
-
-def content_items(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
-    """Every content item of an SR tree by its concept name's meaning."""
-    found = {}
-    for item in sr.get("ContentSequence", []):
-        found[item.ConceptNameCodeSequence[0].CodeMeaning] = item
-        found.update(content_items(item))
-    return found
 
 
 def validate(path: Path) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from conftest import BUNDLE
+from conftest import BUNDLE, content_items
 from monai.transforms import LoadImage
 from pydicom.uid import generate_uid
 
@@ -138,15 +138,6 @@ def test_structured_report_references_source_and_carries_the_result(tmp_path, re
     assert float(items["Probability of pneumonia"].MeasuredValueSequence[0].NumericValue) == 0.75
     assert (items["Algorithm Name"].TextValue, items["Algorithm Version"].TextValue) == ("model-x", "1.2.3")
     assert "not for clinical use" in sr.SeriesDescription
-
-
-def content_items(sr: pydicom.Dataset) -> dict[str, pydicom.Dataset]:
-    """Every content item of an SR tree by its concept name's meaning (the last one of a name wins)."""
-    found = {}
-    for item in sr.get("ContentSequence", []):
-        found[item.ConceptNameCodeSequence[0].CodeMeaning] = item
-        found.update(content_items(item))
-    return found
 
 
 def test_result_json_summarises_the_prediction(real_series):
