@@ -145,13 +145,12 @@ def montage(panels: list, out: Path) -> Path:
     return out
 
 
-def lesion_montage(network: torch.nn.Module, chain: Compose, scans: list[tuple[str, dict]], out: Path) -> Path:
-    """One row per scan: the axial slice with the most lesion (true, else predicted) of the network input, the true
-    mask's outline (green, when known) and the predicted P(lesion) >= 0.5 (red)."""
+def lesion_montage(network: torch.nn.Module, scans: list[tuple[str, dict]], out: Path) -> Path:
+    """One row per preprocessed scan (the lesion chain's output): the axial slice with the most lesion (true, else
+    predicted) of the network input, the true mask's outline (green, when known) and P(lesion) >= 0.5 (red)."""
     fig = Figure(figsize=(4.4, 2.0 * len(scans)), dpi=90)
     axes = fig.subplots(len(scans), 2, squeeze=False)
-    for (title, item), (ax_true, ax_pred) in zip(scans, axes):
-        data = chain(item)
+    for (title, data), (ax_true, ax_pred) in zip(scans, axes):
         with torch.no_grad():
             _, lesion = split_output(network(data["image"].float()[None]))
         pred = torch.sigmoid(lesion[0, 0]).numpy() >= 0.5
@@ -283,15 +282,11 @@ def main() -> None:
         scans = []
         for title, item in lesion_examples(work / "fresh_seed", args.realct):
             try:
-                chain(item)
+                scans.append((title, chain(item)))
             except Exception as err:  # a refused scan (MONAI wraps the InputError) is left out of the figure
                 if find_input_error(err) is None:
                     raise
-                continue
-            scans.append((title, item))
-        results["lesion_figure"] = str(
-            lesion_montage(network, chain, scans, args.lesion_figure.resolve()).relative_to(REPO)
-        )
+        results["lesion_figure"] = str(lesion_montage(network, scans, args.lesion_figure.resolve()).relative_to(REPO))
     print("results:", write_results(args.name, results))
     atomic_write_text(RESULTS / f"{args.name}.md", markdown(results))
 

@@ -52,7 +52,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, ensure_tuple_rep
 from scipy import ndimage
 
-from pipeline.transforms.plausibility import EDGE_AIR_HU, TISSUE_MIN_HU
+from pipeline.transforms.plausibility import EDGE_AIR_HU, TISSUE_MIN_HU, voxel_spacing
 from pipeline.utils.errors import InputError
 
 __all__ = ["LungMask", "LungMaskd", "lung_mask", "lung_volume_ml"]
@@ -411,12 +411,6 @@ def lung_volume_ml(mask: np.ndarray | torch.Tensor, spacing: Sequence[float]) ->
     return count * float(np.prod(np.asarray(spacing, dtype=float))) / 1000.0
 
 
-def _spacing_from_affine(affine: np.ndarray | torch.Tensor) -> tuple[float, float, float]:
-    """Voxel size (mm) of the first three axes of a 4x4 affine (the lengths of its columns)."""
-    a = np.asarray(affine, dtype=float)
-    return tuple(float(s) for s in np.linalg.norm(a[:3, :3], axis=0))
-
-
 class LungMask(Transform):
     """The lung mask (:func:`lung_mask`) of a channel-first HU image, as an image of the same type.
 
@@ -442,7 +436,7 @@ class LungMask(Transform):
         if spacing is None:
             spacing = self.spacing
         if spacing is None and isinstance(img, MetaTensor):
-            spacing = _spacing_from_affine(img.affine)
+            spacing = voxel_spacing(img.affine)
         if spacing is None:
             raise InputError(name, "no voxel spacing: give spacing= or a MetaTensor with its affine")
         array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
@@ -488,6 +482,6 @@ class LungMaskd(MapTransform):
             meta = d.get(f"{key}_meta_dict") or {}
             spacing = None
             if self.masker.spacing is None and not isinstance(img, MetaTensor) and "affine" in meta:
-                spacing = _spacing_from_affine(meta["affine"])
+                spacing = voxel_spacing(meta["affine"])
             d[mask_key] = self.masker(img, spacing)
         return d
