@@ -138,6 +138,8 @@ class SyntheticStudy:
         params: every drawn parameter (patient, scanner, mimics, lesions), JSON-serialisable.
         mimic_mask: bool, same shape: the solid mimics (nodules, mass, scars, plate atelectasis),
             never part of ``mask``; not written to disk.
+        lung: bool, same shape: the true lung region (aerated and diseased lung alike, everything the lesions
+            may occupy), the reference a lung mask is tested against; not written to disk.
     """
 
     image: np.ndarray
@@ -146,6 +148,7 @@ class SyntheticStudy:
     lesion_fraction: float
     params: dict[str, Any] = field(default_factory=dict)
     mimic_mask: np.ndarray | None = None
+    lung: np.ndarray | None = None
 
 
 def check_matrix(matrix: int) -> int:
@@ -943,10 +946,17 @@ def generate_study(
         # same voxels in the world, stored from patient right to left
         image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
         mimic_full = np.ascontiguousarray(mimic_full[::-1])
+        lung_full = np.ascontiguousarray(lung_full[::-1])
         affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
     params["mimics"] = mimics_of(p)
     params["lung_voxels"] = int(lung_full.sum())
     return SyntheticStudy(
-        image=image, mask=mask, affine=affine, lesion_fraction=fraction, params=params, mimic_mask=mimic_full
+        image=image,
+        mask=mask,
+        affine=affine,
+        lesion_fraction=fraction,
+        params=params,
+        mimic_mask=mimic_full,
+        lung=lung_full,
     )
