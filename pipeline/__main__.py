@@ -23,6 +23,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipeline.engine.threshold",
         "choose an ensemble's operating threshold on the ensemble's own validation predictions",
     ),
+    "migrate-checkpoint": (
+        "pipeline.engine.checkpoint",
+        "split a one-file checkpoint (weights + record) into plain weights and their model.json",
+    ),
     "realism": (
         "pipeline.synth.realism",
         "compare synthetic and real chest CTs: lung HU, texture, vessels, noise, shape",

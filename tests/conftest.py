@@ -103,28 +103,38 @@ def run_bundle(*args: str, cwd: Path | None = None, check: bool = True) -> subpr
     return proc
 
 
+#: ``shutil.copytree``'s ``ignore`` for a copy of the bundle without its model (weights, record, exports) or outputs.
+WITHOUT_MODEL = shutil.ignore_patterns("eval", "logs", "*.pt", "model.json", "*.ts", "*.onnx")
+
 #: Overrides that make a bundle run tiny: 32x32x16 volumes, 2 epochs.
 TINY = ("--spatial_size", "[32,32,16]", "--pixdim", "[6,6,8]", "--epochs", "2", "--cache_workers", "1")
 #: The preprocessing of :data:`TINY` runs, as a checkpoint records it (with train.json's other defaults).
 TINY_CHAIN = {"spatial_size": [32, 32, 16], "pixdim": [6.0, 6.0, 8.0]}
 
 
-def write_untrained_model(bundle: Path, **chain) -> Path:
-    """Write ``bundle/models/model.pt``: an untrained ``chestnet`` with the record of train.json's chain + ``chain``."""
+def save_model(state: object, path: Path, network_name: str = "chestnet", **preprocessing) -> Path:
+    """Save ``state`` as the bundle's best-model saver does: plain at ``path``, its record (``.json``) beside it."""
     import torch
+
+    from pipeline.engine.record import ChainRecord, write
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    write(path, ChainRecord(network_name, preprocessing))
+    return path
+
+
+def write_untrained_model(bundle: Path, **chain) -> Path:
+    """Write ``bundle/models/model.pt`` (an untrained ``chestnet``) and its record: train.json's chain + ``chain``."""
     from monai.bundle import ConfigParser
 
-    from pipeline.engine.record import ChainRecord
     from pipeline.networks.nets import build_network
 
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))
-    record = ChainRecord("chestnet", {**parser.get_parsed_content("preprocessing_params"), **chain})
     network = build_network("chestnet", in_channels=1, num_classes=2)
-    (bundle / "models").mkdir(exist_ok=True)
-    path = bundle / "models" / "model.pt"
-    torch.save({"model": network.state_dict(), "record": record.state_dict()}, path)
-    return path
+    preprocessing = {**parser.get_parsed_content("preprocessing_params"), **chain}
+    return save_model(network.state_dict(), bundle / "models" / "model.pt", **preprocessing)
 
 
 @pytest.fixture(scope="session")
@@ -141,7 +151,7 @@ def tiny_cohort(tmp_path_factory) -> Path:
 def trained_bundle(tmp_path_factory, tiny_cohort) -> Path:
     """A copy of the bundle trained for 2 epochs on :func:`tiny_cohort` (``models/model.pt`` written)."""
     bundle = tmp_path_factory.mktemp("bundle") / BUNDLE.name
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
+    shutil.copytree(BUNDLE, bundle, ignore=WITHOUT_MODEL)
     run_bundle(
         "run",
         "training",
@@ -172,7 +182,7 @@ def chest(seed: int = 0, category: str = "CT-0") -> tuple[np.ndarray, np.ndarray
 def untrained_bundle(tmp_path) -> Path:
     """A copy of the bundle with a freshly initialised ``models/model.pt`` (inference needs weights, not skill)."""
     bundle = tmp_path / "bundle"
-    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
+    shutil.copytree(BUNDLE, bundle, ignore=WITHOUT_MODEL)
     write_untrained_model(bundle, **TINY_CHAIN)
     return bundle
 

@@ -1,26 +1,36 @@
-"""What a checkpoint was trained with: the network and the parameters of the deterministic preprocessing.
+"""What a checkpoint was trained with, kept beside its weights and tied to them by their sha256.
 
-:class:`ChainRecord` is saved inside ``model.pt`` (key ``"record"``) beside the weights by the best-model
-``CheckpointSaver`` and checked by the ``CheckpointLoader`` of evaluation and inference: a model is never
-fed a chain it was not trained with. ``inference.json`` takes its chain from the record itself
-(:func:`resolve`), so a model always meets its own preprocessing; an explicit override that disagrees is
-refused with the file and the differing parameters named.
+``models/model.pt`` holds the network's plain state dict (``network.load_state_dict(torch.load(path))``, as the
+MONAI model zoo, ``ckpt_export`` and every bundle user expect). Beside it, ``models/model.json`` holds the
+:class:`ChainRecord` of the run (network name, preprocessing chain, training augmentation, and whatever else
+its :meth:`~ChainRecord.state_dict` gives) with the name and the sha256 of the weights it describes::
+
+    {"weights": "model.pt", "weights_sha256": "...", "network_name": ..., "preprocessing": {...}, ...}
+
+The best-model ``CheckpointSaver`` writes it (:func:`write`, atomically) right after the weights; every route that
+loads weights reads it first (:func:`read`): evaluation and inference (``CheckpointLoader``), the TorchScript
+route, every member of an ensemble and MONAI Label. A record that is missing, or that describes other weights,
+is refused naming both files: a model is never fed a chain it was not trained with. ``inference.json`` takes
+its chain from the record itself (:func:`resolve`); an explicit override that disagrees is refused with the
+file and the differing parameters named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from pipeline.engine.checkpoint import load_weights_only
+from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
 
-__all__ = ["KEY", "ChainRecord", "read", "resolve"]
+__all__ = ["MIGRATE_COMMAND", "ChainRecord", "read", "record_path", "resolve", "sha256", "write"]
 
-#: The key of the record in a bundle checkpoint.
-KEY = "record"
+#: How a checkpoint of the earlier one-file format (keys ``"model"`` and ``"record"``) is split into the pair.
+MIGRATE_COMMAND = "python -m pipeline migrate-checkpoint"
 
 
 def _plain(value: Any) -> Any:
@@ -35,6 +45,8 @@ class ChainRecord:
         network_name: the network (``pipeline.networks.nets.build_network`` name).
         preprocessing: the keyword arguments of :func:`pipeline.transforms.chain.deterministic_transforms`.
         source: the name :meth:`load_state_dict`'s error gives (``CheckpointLoader`` re-raises it naming its file).
+            Saved whole (:meth:`state_dict`) in ``model.json`` beside the weights (:func:`write`) and in the resumable
+            training state.
         augmentation: the keyword arguments of :func:`pipeline.transforms.augment.train_augmentation` the model was
             trained with (recorded so that test-time augmentation uses only views it saw; not compared, since it
             does not change what the network is fed at inference).
@@ -87,25 +99,79 @@ class ChainRecord:
             )
 
 
-def read(path: str | os.PathLike) -> dict[str, Any]:
-    """The record saved in checkpoint ``path``.
+def record_path(weights: str | os.PathLike) -> Path:
+    """The record file of the weights ``weights``: ``models/model.pt`` -> ``models/model.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of the bytes of file ``path`` (hex).
 
     Raises:
-        InputError: the file is missing or unsafe, or holds no record (a checkpoint from before records).
+        InputError: the file does not exist.
     """
-    checkpoint = load_weights_only(path)
-    if not isinstance(checkpoint, Mapping) or KEY not in checkpoint:
-        raise InputError(path, f"no preprocessing record in this checkpoint (no {KEY!r} key): retrain or re-save it")
-    return dict(checkpoint[KEY])
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint not found")
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write(weights: str | os.PathLike, record: ChainRecord | Mapping[str, Any], digest: str | None = None) -> Path:
+    """Write the record of the weights file ``weights`` beside it (:func:`record_path`), atomically.
+
+    Args:
+        weights: the weights file.
+        record: the run's :class:`ChainRecord` (its whole :meth:`~ChainRecord.state_dict`), or such a dict (e.g.
+            one :func:`read` gave: its ``weights`` and ``weights_sha256`` are replaced).
+        digest: the sha256 of the weights' bytes; ``None``: that of ``weights`` as it is on disk.
+
+    Returns:
+        the record file.
+    """
+    state = record.state_dict() if isinstance(record, ChainRecord) else dict(record)
+    tie = {"weights": Path(weights).name, "weights_sha256": digest or sha256(weights)}
+    content = {**tie, **{k: v for k, v in _plain(state).items() if k not in tie}}  # a record read back is re-tied
+    return atomic_write_text(record_path(weights), json.dumps(content, indent=2) + "\n")
+
+
+def read(weights: str | os.PathLike) -> dict[str, Any]:
+    """The record of the weights file ``weights`` (every key of its JSON), after checking that it describes them.
+
+    Raises:
+        InputError: naming both files: the record is missing (e.g. a checkpoint of the earlier one-file format:
+            :data:`MIGRATE_COMMAND` splits it), unreadable, or written for other weights (sha256 differs).
+    """
+    weights, file = Path(weights), record_path(weights)
+    digest = sha256(weights)
+    if not file.is_file():
+        raise InputError(
+            file,
+            f"missing: the weights {weights} have no record of the network and preprocessing they were trained with "
+            f"(retrain, or split a checkpoint that holds its record inside with '{MIGRATE_COMMAND} {weights}')",
+        )
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(file, f"not valid JSON ({err}); it should be the record of {weights}") from err
+    if not isinstance(record, dict) or record.get("weights_sha256") != digest:
+        stored = record.get("weights_sha256") if isinstance(record, dict) else None
+        raise InputError(
+            file,
+            f"describes other weights than {weights} (sha256 {stored!r} recorded, {digest!r} on disk): "
+            "keep a model's weights and record together",
+        )
+    return record
 
 
 def resolve(path: str | os.PathLike, network_name: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """The record of checkpoint ``path``, with ``network_name`` and each non-``None`` override checked against it.
+    """The record of the weights ``path`` (:func:`read`), with ``network_name`` and each non-``None`` override checked.
 
-    Returns ``{"network_name": ..., "preprocessing": {...}}`` as saved.
+    Returns the record as :func:`read` gives it (``{"network_name": ..., "preprocessing": {...}, ...}``).
 
     Raises:
-        InputError: an override disagrees with the record (naming the parameter and both values).
+        InputError: the record is missing or describes other weights (:func:`read`), or an override disagrees with
+            it (naming the parameter and both values).
     """
     record = read(path)
     wanted = ChainRecord(

@@ -24,7 +24,6 @@ file is absent) or of an ensemble, for evaluation and inference.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from ignite.engine import Engine, Events
 from monai.utils import evenly_divisible_all_gather
 
 from pipeline.engine.handlers import class_output
+from pipeline.engine.record import sha256
 from pipeline.evaluation.metrics import classification_metrics, threshold_for_sensitivity, youden_threshold
 from pipeline.evaluation.report import read_predictions, scored_rows
 from pipeline.utils.atomic import atomic_write_text
@@ -143,13 +143,6 @@ def _member_file(path: str | os.PathLike) -> Path:
     return path / "model.pt" if path.is_dir() or not path.suffix else path
 
 
-def _sha256(path: Path) -> str:
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def ensemble_threshold_file(ckpt_files: Sequence[str | os.PathLike]) -> Path:
     """:data:`ENSEMBLE_FILENAME` in the members' common folder (``models/`` for ``models/fold*/model.pt``)."""
     folders = [os.path.abspath(_member_file(f).parent) for f in ckpt_files]
@@ -173,7 +166,7 @@ def _ensemble_record(ckpt_files: Sequence[str | os.PathLike]) -> dict | None:
         raise InputError(file, f"not an ensemble threshold file ({err!r})") from err
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise InputError(file, f"expected a 'threshold' number in [0, 1], got {value!r}")
-    given = {_sha256(_member_file(f)) for f in ckpt_files}
+    given = {sha256(_member_file(f)) for f in ckpt_files}
     if given != stored:
         raise InputError(
             file,
@@ -254,7 +247,7 @@ def choose_ensemble_threshold(
         raise InputError("--ckpt-files", f"an ensemble has at least two members, got {ckpt_files!r}")
     file = ensemble_threshold_file(ckpt_files)
     members = [
-        {"file": os.path.relpath(os.path.abspath(m), file.parent), "sha256": _sha256(m)}
+        {"file": os.path.relpath(os.path.abspath(m), file.parent), "sha256": sha256(m)}
         for m in map(_member_file, ckpt_files)
     ]
     rows = [r for r in scored_rows(read_predictions(predictions)) if r["label"] is not None]

@@ -16,13 +16,15 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.engine.checkpoint import load_weights_only
+from pipeline.engine.record import ChainRecord
+from pipeline.engine.record import read as read_record
 from pipeline.networks.nets import CLASS_KEY, LESION_KEY, split_output
 from pipeline.utils.errors import InputError
 
@@ -30,13 +32,15 @@ __all__ = ["Ensemble", "load_model_weights", "mean_log_probs"]
 
 
 def load_model_weights(network: nn.Module, path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
-    """Load a bundle checkpoint (``{"model": state_dict}`` or a bare state dict) into ``network``, weights only.
+    """Load the plain state dict ``path`` into ``network`` (weights only), after checking its record.
 
     Raises:
-        InputError: the file is missing, unsafe, unreadable, or holds weights of another network.
+        InputError: the record beside the file is missing or describes other weights
+            (:func:`pipeline.engine.record.read`); the file is missing, unsafe, unreadable, or holds weights of
+            another network.
     """
-    checkpoint = load_weights_only(path, map_location=map_location)
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, Mapping) else checkpoint
+    read_record(path)
+    state = load_weights_only(path, map_location=map_location)
     try:
         network.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
@@ -55,7 +59,8 @@ class Ensemble(nn.Module):
 
     Args:
         network: the architecture (e.g. the bundle's ``network``); each member is a deep copy of it, on its device.
-        ckpt_files: checkpoints, each read with ``torch.load(weights_only=True)``.
+        ckpt_files: checkpoints, each read with ``torch.load(weights_only=True)`` after its record
+            (:func:`load_model_weights`); every member must have been trained with the first one's network and chain.
 
     ``forward(x (B, C, H, W, D))`` returns ``(B, K)``: ``log(mean_m softmax(member_m(x)))``; for multi-task
     members ``{"pred": that, "lesion": logit(mean_m sigmoid(lesion_m))}`` (``(B, 1, H, W, D)``).
@@ -67,6 +72,16 @@ class Ensemble(nn.Module):
             raise ValueError(f"ckpt_files must be a non-empty list of checkpoint files, got {ckpt_files!r}")
         device = next(network.parameters()).device
         self.ckpt_files = [os.fspath(f) for f in ckpt_files]
+        first = read_record(self.ckpt_files[0])
+        chain = ChainRecord(first["network_name"], first["preprocessing"])
+        for path in self.ckpt_files[1:]:
+            diffs = chain.differences(read_record(path))
+            if diffs:
+                raise InputError(
+                    path,
+                    f"an ensemble member trained with another network or chain than the first, {self.ckpt_files[0]} "
+                    f"('this run'): {'; '.join(diffs)}",
+                )
         self.members = nn.ModuleList(
             load_model_weights(copy.deepcopy(network), f, map_location=device) for f in self.ckpt_files
         )

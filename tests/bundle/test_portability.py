@@ -53,7 +53,7 @@ def test_torchscript_route_gives_the_checkpoints_probabilities(real_chest_crop, 
     bundle = copy_bundle_alone(trained_bundle, tmp_path / "elsewhere")
     run_bundle(
         "ckpt_export", "network_def", "--filepath", "models/model.ts", "--ckpt_file", "models/model.pt",
-        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json", "--key_in_ckpt", "model",
+        "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json",
         cwd=bundle,
     )  # fmt: skip
     scans = tmp_path / "scans"  # a folder of NIfTI files: a real chest CT

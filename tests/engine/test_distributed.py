@@ -102,7 +102,8 @@ def _evaluate(bundle: Path, cohort: Path) -> float:
 
 def _assert_written_once(bundle: Path) -> None:
     """One best checkpoint, one set of TensorBoard events (both from rank 0's process), one state checkpoint."""
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == ["model.pt", "split.json", "threshold.json"]
+    written = sorted(p.name for p in (bundle / "models").iterdir())
+    assert written == ["model.json", "model.pt", "split.json", "threshold.json"]
     logs = bundle / "logs"
     events = list(logs.glob("events.out.tfevents.*"))
     assert len(events) == 2, events  # the trainer's and the evaluator's, as with one process

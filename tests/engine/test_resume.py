@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BUNDLE, TINY, run_bundle
+from conftest import BUNDLE, TINY, WITHOUT_MODEL, run_bundle
 
 from pipeline.engine.checkpoint import AtomicDiskSaver
 from pipeline.engine.resume import latest_state
@@ -25,7 +25,7 @@ from pipeline.utils.errors import InputError
 
 
 def _copy_bundle(dest: Path) -> Path:
-    shutil.copytree(BUNDLE, dest, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
+    shutil.copytree(BUNDLE, dest, ignore=WITHOUT_MODEL)
     return dest
 
 

@@ -12,6 +12,7 @@ from conftest import chest, infer, refused, write_nifti
 
 from pipeline.data.cohort import read_datalist
 from pipeline.engine.checkpoint import load_weights_only
+from pipeline.engine.record import read, write
 from pipeline.engine.resume import restore_latest
 from pipeline.utils.errors import InputError
 
@@ -63,7 +64,10 @@ def test_resume_refuses_a_malicious_state_file(tmp_path):
 @pytest.mark.slow
 def test_bundle_inference_refuses_a_malicious_model_without_running_it(tmp_path, untrained_bundle):
     marker = tmp_path / "pwned"
-    malicious_checkpoint(untrained_bundle / "models" / "model.pt", marker)
+    model = untrained_bundle / "models" / "model.pt"
+    record = read(model)
+    malicious_checkpoint(model, marker)
+    write(model, record)  # whoever made the file can tie a record to it: the weights are still read safely
     image = write_nifti(tmp_path / "scan.nii.gz", *chest())
     proc = infer(untrained_bundle, image, tmp_path / "out")
     refused(proc, [f"{untrained_bundle / 'models' / 'model.pt'}: refused to load: not plain weights"])

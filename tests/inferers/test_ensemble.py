@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import save_model
 from monai.transforms import Activations
 from torch import nn
 
@@ -19,10 +22,10 @@ def tiny_net(seed: int) -> nn.Module:
 
 @pytest.fixture
 def checkpoints(tmp_path):
-    """Two trained-looking nets saved as the bundle saves them ({"model": ...}) and as a bare state dict."""
+    """Two trained-looking nets saved as the bundle saves them (plain weights, their record beside them)."""
     nets = [tiny_net(1), tiny_net(2)]
-    torch.save({"model": nets[0].state_dict()}, tmp_path / "fold0.pt")
-    torch.save(nets[1].state_dict(), tmp_path / "fold1.pt")
+    save_model(nets[0].state_dict(), tmp_path / "fold0.pt", "tiny")
+    save_model(nets[1].state_dict(), tmp_path / "fold1.pt", "tiny")
     return nets, [tmp_path / "fold0.pt", str(tmp_path / "fold1.pt")]
 
 
@@ -69,12 +72,26 @@ def test_bad_checkpoints_name_the_file(tmp_path, checkpoints):
     _, files = checkpoints
     with pytest.raises(InputError, match=r"missing\.pt: checkpoint not found"):
         Ensemble(tiny_net(0), [files[0], tmp_path / "missing.pt"])
-    torch.save({"model": build_network("seed", in_channels=1, num_classes=2).state_dict()}, tmp_path / "other.pt")
+    save_model(build_network("seed", in_channels=1, num_classes=2).state_dict(), tmp_path / "other.pt", "tiny")
     with pytest.raises(InputError, match=r"other\.pt: does not fit this network"):
         load_model_weights(tiny_net(0), tmp_path / "other.pt")
-    torch.save({"model": Activations(softmax=True)}, tmp_path / "code.pt")  # a pickled object, not weights
+    save_model({"model": Activations(softmax=True)}, tmp_path / "code.pt", "tiny")  # a pickled object, not weights
     with pytest.raises(InputError, match=r"code\.pt: refused to load"):
         Ensemble(tiny_net(0), [tmp_path / "code.pt"])
+
+
+def test_every_member_needs_its_own_record_and_the_first_ones_chain(tmp_path, checkpoints):
+    nets, files = checkpoints
+    (tmp_path / "fold1.json").unlink()
+    with pytest.raises(InputError, match=r"fold1\.json: missing: the weights .*fold1\.pt have no record"):
+        Ensemble(tiny_net(0), files)
+    (tmp_path / "fold1.json").write_text((tmp_path / "fold0.json").read_text())  # the record of other weights
+    with pytest.raises(InputError, match=r"fold1\.json: describes other weights than .*fold1\.pt"):
+        Ensemble(tiny_net(0), files)
+    save_model(nets[1].state_dict(), tmp_path / "fold1.pt", "tiny", spatial_size=[64, 64, 32])
+    with pytest.raises(InputError, match=r"fold1\.pt: an ensemble member .*fold0\.pt.*spatial_size: trained \[64"):
+        Ensemble(tiny_net(0), files)
+    assert json.loads((tmp_path / "fold1.json").read_text())["weights"] == "fold1.pt"
 
 
 @pytest.mark.parametrize("files", [[], "models/model.pt"])
@@ -89,8 +106,7 @@ def test_multitask_members_average_their_lesion_probabilities(tmp_path):
     for k, net in enumerate(nets):
         torch.manual_seed(k)
         nn.init.normal_(net.lesion_head.weight)  # members that disagree
-        files.append(tmp_path / f"m{k}.pt")
-        torch.save({"model": net.state_dict()}, files[-1])
+        files.append(save_model(net.state_dict(), tmp_path / f"m{k}.pt"))
     ensemble = Ensemble(build_network("chestnet", channels=(4, 8, 16)), files).eval()
     x = torch.randn(2, 1, 16, 16, 8)
     with torch.no_grad():

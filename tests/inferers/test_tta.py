@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import save_model
 from monai.transforms import Compose, Rotate
 from torch import nn
 
@@ -55,7 +56,7 @@ def test_output_is_the_mean_probability_over_views():
 def test_composes_with_an_ensemble(tmp_path):
     nets = [tiny_net(1), tiny_net(2)]
     for k, net in enumerate(nets):
-        torch.save({"model": net.state_dict()}, tmp_path / f"fold{k}.pt")
+        save_model(net.state_dict(), tmp_path / f"fold{k}.pt", "tiny")
     ensemble = Ensemble(tiny_net(0), [tmp_path / "fold0.pt", tmp_path / "fold1.pt"]).eval()
     x = torch.rand(2, 1, 8, 8, 8)
     inferer = TTAInferer(flip_axes=(0,), angles_deg=(8.0,))

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import BUNDLE, TINY_CHAIN, write_untrained_model
+from conftest import BUNDLE, TINY_CHAIN, WITHOUT_MODEL, write_untrained_model
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
@@ -35,7 +35,7 @@ def scan(tmp_path_factory):
 def bundle(tmp_path_factory):
     """A copy of the bundle whose ``model.pt`` (untrained chestnet) records the :data:`SMALL` chain."""
     root = tmp_path_factory.mktemp("bundle") / BUNDLE.name
-    shutil.copytree(BUNDLE, root, ignore=shutil.ignore_patterns("eval", "logs", "*.pt", "*.ts", "*.onnx"))
+    shutil.copytree(BUNDLE, root, ignore=WITHOUT_MODEL)
     write_untrained_model(root, **SMALL)
     torch.jit.script(build_network("chestnet", in_channels=1, num_classes=2)).save(str(root / "models" / "model.ts"))
     return root
@@ -97,10 +97,3 @@ def test_checkpoint_records_the_chain_and_a_different_chain_is_refused(bundle):
     )[0]
     with pytest.raises(InputError, match=str(model)):
         evaluate_loader(Engine(lambda engine, batch: None))
-
-
-def test_checkpoint_without_record_is_refused(tmp_path):
-    path = tmp_path / "old.pt"
-    torch.save({"model": {}}, path)
-    with pytest.raises(InputError, match="no preprocessing record"):
-        read(path)
