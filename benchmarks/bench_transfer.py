@@ -48,7 +48,7 @@ from pipeline.synth.generate import generate_cohort
 from pipeline.transforms.chain import deterministic_transforms, in_channels
 from pipeline.transforms.severity import involvement
 from pipeline.utils.atomic import atomic_write_text
-from pipeline.utils.guard import find_input_error
+from pipeline.utils.errors import find_input_error
 
 EVALUATE_JSON = BUNDLE / "configs" / "evaluate.json"
 IMAGES = REPO / "docs" / "images"

@@ -54,8 +54,7 @@ from pipeline.data.cohort import train_val_split
 from pipeline.data.imagecheck import check_image
 from pipeline.deploy.bundle import result_params, returned_label, run_bundle_inference
 from pipeline.engine.record import read as read_record
-from pipeline.utils.errors import InputError
-from pipeline.utils.guard import find_input_error
+from pipeline.utils.errors import InputError, find_input_error
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ from monai.data.utils import pickle_hashing
 
 from pipeline.data.imagecheck import check_image
 from pipeline.data.refusal import RefusingDataset, refusal
-from pipeline.utils.errors import InputError, InputErrors
-from pipeline.utils.guard import find_input_error
+from pipeline.utils.errors import InputError, InputErrors, find_input_error
 
 CACHE_KINDS = ("memory", "disk", "none")
 #: ``"run"``: bad input refuses the whole run (training); ``"study"``: only the bad study (evaluation, inference).

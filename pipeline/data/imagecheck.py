@@ -23,7 +23,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from pipeline.utils.errors import InputError, InputErrors
+from pipeline.utils.errors import InputError, InputErrors, find_input_error
 
 #: Largest image accepted, in voxels (2048 x 2048 x 1024): a header claiming more is refused
 #: before anything is allocated. MosMedData studies are at most 512 x 512 x 54.
@@ -209,7 +209,6 @@ def content_errors(paths: list[str | os.PathLike]) -> list[InputError]:
     from monai.transforms import LoadImage
 
     from pipeline.transforms.plausibility import CheckChestCT
-    from pipeline.utils.guard import find_input_error
 
     load, check, errors = LoadImage(image_only=True), CheckChestCT(), []
     for p in paths:

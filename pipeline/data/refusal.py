@@ -22,8 +22,7 @@ from ignite.engine import Engine
 from monai.data import Dataset, list_data_collate
 
 from pipeline.data.imagecheck import check_image
-from pipeline.utils.errors import InputError
-from pipeline.utils.guard import find_input_error
+from pipeline.utils.errors import InputError, find_input_error
 
 #: Key of a refused study in a dataset item and in a collated batch.
 REFUSED = "refused"

@@ -30,7 +30,7 @@ from pipeline.deploy.series import (
     rank_axial_ct_series,
 )
 from pipeline.utils.atomic import atomic_write_text
-from pipeline.utils.errors import InputError
+from pipeline.utils.errors import InputError, find_input_error
 
 
 def stage_series(series: SeriesInfo, folder: str | os.PathLike) -> Path:
@@ -64,7 +64,6 @@ def choose_chest_series(candidates: Sequence[SeriesInfo], folder: str | os.PathL
     from monai.transforms import LoadImage
 
     from pipeline.transforms.plausibility import CheckChestCT
-    from pipeline.utils.guard import find_input_error
 
     load, check, reasons = LoadImage(reader="PydicomReader", image_only=True), CheckChestCT(), []
     for series in candidates:

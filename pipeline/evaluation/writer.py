@@ -188,6 +188,18 @@ class PredictionWriter:
                 fn(self.rows, self.output_dir)
 
 
+def write_refusals(output_dir: str | os.PathLike, refusals: object) -> None:
+    """Write the table of a run left with no study to predict, before :func:`pipeline.utils.guard.finish` reads it.
+
+    Every study was refused while a cache filled, so the evaluator (and its :class:`PredictionWriter`) never ran:
+    ``predictions.csv``/``.json`` get the rows of ``refusals`` (an object with a ``refused`` list,
+    :class:`~pipeline.data.cache.CheckedCacheDataset`). Nothing is written when the evaluator wrote its table or
+    nothing was refused.
+    """
+    if not (Path(output_dir) / "predictions.json").is_file() and getattr(refusals, "refused", None):
+        PredictionWriter(str(output_dir), print_results=False, refusals=refusals).write_refused()
+
+
 class MetricsWriter:
     """Compute the metrics of the finished ``predictions.csv``; write ``metrics.json`` and ``report.html``.
 

@@ -28,3 +28,14 @@ class InputErrors(InputError):
         ValueError.__init__(self, f"{len(self.errors)} bad input(s):\n{lines}")
         self.path = self.errors[0].path if self.errors else ""
         self.problem = str(self)
+
+
+def find_input_error(err: BaseException | None) -> InputError | None:
+    """The first :class:`InputError` in ``err``'s chain (``__cause__``, then ``__context__``), or ``None``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -35,9 +35,9 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from pipeline.utils.errors import InputError
+from pipeline.utils.errors import find_input_error
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_PARTIAL", "exit_status", "find_input_error", "finish", "install"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_OK", "EXIT_PARTIAL", "exit_status", "finish", "install"]
 
 #: Exit status of a run whose studies were all predicted.
 EXIT_OK = 0
@@ -46,17 +46,6 @@ EXIT_OK = 0
 EXIT_BAD_INPUT = 2
 #: Exit status of a batch that predicted some studies and refused others.
 EXIT_PARTIAL = 3
-
-
-def find_input_error(err: BaseException | None) -> InputError | None:
-    """The first :class:`InputError` in ``err``'s chain (``__cause__``, then ``__context__``), or ``None``."""
-    seen: set[int] = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, InputError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
 
 
 def _excepthook(previous: Callable) -> Callable:
@@ -91,19 +80,14 @@ def exit_status(statuses: list[str]) -> int:
     return EXIT_BAD_INPUT if refused == len(statuses) else EXIT_PARTIAL
 
 
-def finish(output_dir: str | os.PathLike, refusals: object | None = None) -> None:
+def finish(output_dir: str | os.PathLike) -> None:
     """End a batch run: ``error: <file>: <reason>`` on stderr for each refused row of ``predictions.json``.
 
     Returns when every study was predicted; otherwise raises ``SystemExit`` with :data:`EXIT_PARTIAL` (some
-    predicted) or :data:`EXIT_BAD_INPUT` (none), after a summary line. A run left with no study to predict
-    (every one refused while a cache filled, so the evaluator never ran) writes the table of ``refusals``
-    (an object with a ``refused`` list, :class:`~pipeline.data.cache.CheckedCacheDataset`) first.
+    predicted) or :data:`EXIT_BAD_INPUT` (none), after a summary line. (A run whose evaluator never ran writes
+    its table first: :func:`pipeline.evaluation.writer.write_refusals`.)
     """
     table = Path(output_dir) / "predictions.json"
-    if not table.is_file() and getattr(refusals, "refused", None):
-        from pipeline.evaluation.writer import PredictionWriter
-
-        PredictionWriter(str(output_dir), print_results=False, refusals=refusals).write_refused()
     rows = json.loads(table.read_text(encoding="utf-8"))
     refused = [r for r in rows if r.get("status") == "refused"]
     status = exit_status([r.get("status", "ok") for r in rows])

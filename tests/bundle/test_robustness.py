@@ -32,8 +32,8 @@ from pipeline.data.cache import CheckedCacheDataset
 from pipeline.data.cohort import discover
 from pipeline.data.imagecheck import check_image, check_images
 from pipeline.synth.generate import generate_cohort
-from pipeline.utils.errors import InputError, InputErrors
-from pipeline.utils.guard import find_input_error, install
+from pipeline.utils.errors import InputError, InputErrors, find_input_error
+from pipeline.utils.guard import install
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(17)
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
