@@ -11,6 +11,8 @@
   a missing or mismatched record, a missing file, a file that is not plain weights (e.g. a pickle carrying
   code), or weights of another network.
 - :func:`load_weights_only` is that safe read, for code outside the engines.
+- :func:`load_torchscript` loads ``model.ts`` for the TorchScript route after checking that it holds the weights
+  of ``model.pt``, whose record gives the route its chain.
 - :func:`migrate` splits a checkpoint of the earlier one-file format (``{"model": weights, "record": record}``)
   into plain weights and their record file (``python -m pipeline migrate-checkpoint PATH ...``).
 """
@@ -30,13 +32,14 @@ from ignite.engine import Engine
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader as _MonaiCheckpointLoader
 from monai.handlers import CheckpointSaver as _MonaiCheckpointSaver
+from torch import nn
 
 from pipeline.engine import record as chain_record
 from pipeline.engine.record import ChainRecord
 from pipeline.utils.atomic import atomic_path
 from pipeline.utils.errors import InputError
 
-__all__ = ["AtomicDiskSaver", "CheckpointLoader", "CheckpointSaver", "load_weights_only", "migrate"]
+__all__ = ["AtomicDiskSaver", "CheckpointLoader", "CheckpointSaver", "load_torchscript", "load_weights_only", "migrate"]
 
 
 def load_weights_only(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
@@ -138,6 +141,34 @@ class CheckpointLoader(_MonaiCheckpointLoader):
             super().__call__(engine)
         except (RuntimeError, KeyError, ValueError) as err:
             raise InputError(self.load_path, f"does not fit this network ({str(err).strip().splitlines()[0]})") from err
+
+
+def load_torchscript(path: str | os.PathLike, weights: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
+    """``torch.jit.load(path)``, after checking that it holds exactly the weights ``weights`` (whose record it meets).
+
+    The TorchScript route takes its chain from the record of ``models/model.pt`` (``model.json``); a ``model.ts``
+    exported from other weights would meet a chain it was not trained with.
+
+    Raises:
+        InputError: the record of ``weights`` is missing or describes other weights; ``path`` is missing, not
+            TorchScript, or holds other tensors than ``weights`` (naming both files).
+    """
+    chain_record.read(weights)
+    state = load_weights_only(weights, map_location=map_location)
+    try:
+        module = torch.jit.load(os.fspath(path), map_location=map_location)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise InputError(path, f"not a readable TorchScript file ({str(err).strip().splitlines()[0]})") from err
+    scripted = module.state_dict()
+    same = {k for k in set(state) & set(scripted) if torch.equal(state[k], scripted[k].to(state[k].device))}
+    differ = sorted((set(state) | set(scripted)) - same)
+    if differ:
+        raise InputError(
+            path,
+            f"not exported from {weights} ({len(differ)} tensors differ, e.g. {differ[0]!r}): export it again "
+            "(python -m monai.bundle ckpt_export, docs/bundle.md)",
+        )
+    return module
 
 
 def migrate(path: str | os.PathLike) -> Path:

@@ -11,7 +11,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from pipeline.__main__ import main
-from pipeline.engine.checkpoint import CheckpointLoader, CheckpointSaver, migrate
+from pipeline.engine.checkpoint import CheckpointLoader, CheckpointSaver, load_torchscript, migrate
 from pipeline.engine.record import MIGRATE_COMMAND, ChainRecord, read, record_path, sha256
 from pipeline.utils.errors import InputError
 
@@ -94,3 +94,19 @@ def test_a_one_file_checkpoint_is_refused_and_migrated_by_the_documented_command
     with pytest.raises(InputError, match=r"model\.pt: not a one-file checkpoint .*found \['bias', 'weight'\]"):
         migrate(old)  # already plain: nothing rewritten
     assert main(["migrate-checkpoint", str(old)]) == 2
+
+
+def test_the_torchscript_route_loads_only_a_model_ts_exported_from_the_recorded_weights(tmp_path):
+    trained = nn.Linear(3, 2)
+    weights = save_model(trained.state_dict(), tmp_path / "model.pt", "tiny", **CHAIN)
+    torch.jit.script(trained).save(str(tmp_path / "model.ts"))
+    x = torch.rand(4, 3)
+    torch.testing.assert_close(load_torchscript(tmp_path / "model.ts", weights)(x), trained(x))
+    torch.jit.script(nn.Linear(3, 2)).save(str(tmp_path / "other.ts"))
+    with pytest.raises(InputError, match=r"other\.ts: not exported from .*model\.pt \(2 tensors differ, e\.g\. 'bias'"):
+        load_torchscript(tmp_path / "other.ts", weights)
+    with pytest.raises(InputError, match=r"absent\.ts: not a readable TorchScript file"):
+        load_torchscript(tmp_path / "absent.ts", weights)
+    record_path(weights).unlink()
+    with pytest.raises(InputError, match=r"model\.json: missing"):
+        load_torchscript(tmp_path / "model.ts", weights)

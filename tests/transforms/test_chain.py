@@ -36,8 +36,9 @@ def bundle(tmp_path_factory):
     """A copy of the bundle whose ``model.pt`` (untrained chestnet) records the :data:`SMALL` chain."""
     root = tmp_path_factory.mktemp("bundle") / BUNDLE.name
     shutil.copytree(BUNDLE, root, ignore=WITHOUT_MODEL)
-    write_untrained_model(root, **SMALL)
-    torch.jit.script(build_network("chestnet", in_channels=1, num_classes=2)).save(str(root / "models" / "model.ts"))
+    network = build_network("chestnet", in_channels=1, num_classes=2)
+    network.load_state_dict(torch.load(write_untrained_model(root, **SMALL), weights_only=True))
+    torch.jit.script(network).save(str(root / "models" / "model.ts"))  # exported from the weights, as ckpt_export does
     return root
 
 
