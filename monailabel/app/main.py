@@ -9,7 +9,8 @@ Conf keys (``--conf KEY VALUE``):
     model_dir: folder holding bundle folders (default: this repository's ``bundles``).
     models: comma-separated bundle folder names under ``model_dir``
         (default: ``chest_ct_pneumonia_classification``); each becomes a model of that name,
-        with its weights read from ``<model_dir>/<name>/models/model.pt``.
+        with its weights read from ``<model_dir>/<name>/models/model.pt`` after their record, ``model.json`` beside
+        them (a missing record, or one of other weights, is refused naming both files).
     skip_trainers: ``true`` to serve inference only.
     preload: ``true`` to load the networks at start-up.
 The app never downloads anything: ``zoo_source`` and ``sam2`` are accepted and ignored.
