@@ -17,23 +17,16 @@ systematic difference between categories is the opacity burden in the lungs.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-#: MosMedData categories and the fraction of lung parenchyma involved (lower, upper bound).
-CATEGORY_BANDS: dict[str, tuple[float, float]] = {
-    "CT-0": (0.0, 0.0),
-    "CT-1": (0.0, 0.25),
-    "CT-2": (0.25, 0.50),
-    "CT-3": (0.50, 0.75),
-    "CT-4": (0.75, 1.0),
-}
-#: Fractions drawn for the target involvement stay this far inside each band.
-BAND_MARGIN = 0.04
+from pipeline.synth.fields import _upsample_variance, blob_field, smooth_field, splat, upsample
+from pipeline.synth.lesions import CATEGORY_BANDS, draw_lesions, paint_lesions
+
 SLICE_SPACING_MM = 8.0
 #: Slice counts and in-plane pixel spacing (mm, at a 512 matrix) seen in MosMedData.
 SLICE_RANGE = (33, 54)
@@ -161,48 +154,6 @@ def check_matrix(matrix: int) -> int:
     return next(f for f in (1, 2, 4) if matrix // f <= WORK_MAX)
 
 
-def upsample(a: np.ndarray, factor: int) -> np.ndarray:
-    """Bilinear in-plane upsampling by an integer ``factor`` (pixel-area aligned, edges replicated).
-
-    ``(W, W, Z) -> (W*factor, W*factor, Z)``, float32.
-    """
-    if factor == 1:
-        return a
-    for axis in (0, 1):
-        prev = np.concatenate([a.take([0], axis), a.take(range(a.shape[axis] - 1), axis)], axis)
-        nxt = np.concatenate([a.take(range(1, a.shape[axis]), axis), a.take([-1], axis)], axis)
-        parts = []
-        for s in range(factor):
-            o = (s + 0.5) / factor - 0.5
-            other = prev if o < 0 else nxt
-            parts.append((1 - abs(o)) * a + abs(o) * other)
-        a = np.stack(parts, axis=axis + 1)
-        shape = list(a.shape)
-        shape[axis : axis + 2] = [shape[axis] * factor]
-        a = a.reshape(shape)
-    return a.astype(np.float32, copy=False)
-
-
-def _upsample_variance(factor: int) -> float:
-    """Variance kept when white noise is upsampled by :func:`upsample` (both axes)."""
-    per_axis = np.mean([(1 - abs(o)) ** 2 + o**2 for o in ((np.arange(factor) + 0.5) / factor - 0.5)])
-    return float(per_axis**2)
-
-
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma_mm: float, spacing) -> np.ndarray:
-    """Gaussian random field with unit std and correlation length ``sigma_mm``; float32 ``shape``.
-
-    Drawn on a grid coarse enough for ``sigma_mm``, filtered, and upsampled bilinearly (:func:`upsample`).
-    """
-    px, pz = spacing[0], spacing[2]
-    step = max(1, int(sigma_mm / (2 * px)))
-    coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
-    noise = rng.standard_normal(coarse, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,), mode="wrap")
-    out = upsample(noise, step)[: shape[0], : shape[1]]
-    return ((out - out.mean()) / (out.std() + 1e-6)).astype(np.float32)
-
-
 #: Findings that mimic disease, drawn in EVERY category at these rates from the nuisance stream (so
 #: they carry no label) and never part of the lesion mask: name -> probability per study.
 MIMIC_RATES: dict[str, float] = {
@@ -220,22 +171,15 @@ ARMS_DOWN_P = 0.30
 BREASTS_P = 0.35
 CONTRAST_P = 0.30
 COUCHES = ("flat", "curved", "double")
-#: Keys of :func:`draw_lesions`: the only parameters that depend on the category.
+#: Keys of :func:`pipeline.synth.lesions.draw_lesions`: the only parameters that depend on the category.
 LESION_KEYS = (
     "target_fraction",
-    "n_patches",
-    "ggo_hu",
-    "ggo_var_hu",
-    "margin_mm",
-    "consolidation_share",
-    "consolidation_hu",
-    "crazy_paving",
-    "paving_hu",
-    "subpleural_lines",
+    "patterns",
     "peripheral_weight",
     "posterior_weight",
     "basal_weight",
     "left_right_bias",
+    "lesions",
 )
 
 
@@ -339,40 +283,6 @@ def mimics_of(params: dict[str, Any]) -> str:
     return "+".join(names) or "none"
 
 
-def draw_lesions(rng: np.random.Generator, category: str) -> dict[str, Any]:
-    """Draw the opacity burden and appearance for ``category`` (own random stream).
-
-    CT-1 involvement is log-uniform in 1-22 % of the lung (three in four below 10 %: one to a few
-    small patches); the other bands are uniform inside their MosMedData band.
-    """
-    lo, hi = CATEGORY_BANDS[category]
-    if hi == 0.0:
-        return {"target_fraction": 0.0}
-    u = rng.uniform
-    if category == "CT-1":
-        target = float(np.exp(u(np.log(0.01), np.log(hi - 0.03))))
-    else:
-        target = u(lo + BAND_MARGIN, hi - BAND_MARGIN)
-    mild = category == "CT-1"
-    return {
-        "target_fraction": target,
-        "n_patches": int(1 + rng.poisson(1.5 + 40.0 * target)),
-        # diffuse (CT-4) ground glass is fainter on the whole: some lung stays aerated (below -600 HU)
-        "ggo_hu": u(-720.0, -580.0) if category == "CT-4" else u(-650.0, -380.0),
-        "ggo_var_hu": u(20.0, 60.0),
-        "margin_mm": u(2.0, 5.0),
-        "consolidation_share": u(0.0, 0.08) if mild else u(0.0, 0.25),
-        "consolidation_hu": u(-120.0, 30.0),
-        "crazy_paving": bool(rng.random() < 0.3),
-        "paving_hu": u(80.0, 180.0),
-        "subpleural_lines": bool(rng.random() < 0.35),
-        "peripheral_weight": u(1.5, 3.0),
-        "posterior_weight": u(0.3, 1.2),
-        "basal_weight": u(0.3, 1.2),
-        "left_right_bias": u(-0.5, 0.5),
-    }
-
-
 def _vessel_tree(rng: np.random.Generator, root_mm: float, hila: list[np.ndarray], step_mm: float, min_mm=0.5):
     """Centerline points (N, 3) in body mm, radii (N,) and unit directions (N, 3) of two vessel trees.
 
@@ -425,44 +335,6 @@ def _vessel_tree(rng: np.random.Generator, root_mm: float, hila: list[np.ndarray
     return np.concatenate(points), np.concatenate(point_radii), np.concatenate(point_dirs)
 
 
-def _splat(points, radii, to_index, shape, pixel: float, dz: float, classes=(0.8, 1.6, 3.0)) -> np.ndarray:
-    """Volume fraction per voxel (``pixel`` x ``pixel`` x ``dz`` mm) of tubes along ``points``: each
-    point deposits its share of ``pi r^2 dl`` (``dl`` = half a pixel) and is spread in-plane by a
-    Gaussian of the same area (so thin vessels get partial volume); one filter per radius class."""
-    if not len(points):
-        return np.zeros(shape, np.float32)
-    idx = to_index(points)
-    inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    idx, radii = idx[inside], radii[inside]
-    flat = np.ravel_multi_index(idx.T, shape)
-    step = pixel / 2
-    fraction = np.zeros(shape, np.float32)
-    edges = (0.0, *classes, np.inf)
-    for lo, hi in itertools.pairwise(edges):
-        sel = (radii >= lo) & (radii < hi)
-        if not sel.any():
-            continue
-        volume = np.pi * radii[sel] ** 2 * step / (pixel**2 * dz)
-        grid = np.bincount(flat[sel], volume, minlength=fraction.size).reshape(shape).astype(np.float32)
-        sigma = max(np.median(radii[sel]) / np.sqrt(2) / pixel, 0.5)
-        fraction += ndimage.gaussian_filter(grid, (sigma, sigma, 0), truncate=3.0)
-    return np.clip(fraction, 0.0, 1.0)
-
-
-def _blob_field(shape, idx: np.ndarray, weights: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
-    """Sum of Gaussian blobs (peak ``weights``, std ``sigma_mm``) at voxel indices ``idx`` (N, 3),
-    built on a grid coarse enough for ``sigma_mm`` and upsampled; float32 ``shape``."""
-    px, pz = spacing[0], spacing[2]
-    step = max(1, int(sigma_mm / (2 * px)))
-    coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
-    grid = np.zeros(coarse, np.float32)
-    np.add.at(grid, (idx[:, 0] // step, idx[:, 1] // step, idx[:, 2]), weights.astype(np.float32))
-    sig = (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,)
-    grid = ndimage.gaussian_filter(grid, sig, mode="constant", truncate=3.0)
-    grid *= np.float32((2 * np.pi) ** 1.5 * np.prod(sig))
-    return upsample(grid, step)[: shape[0], : shape[1]]
-
-
 def _lines(gx, gy, x0: float, y0: float, angles, amps, width: float, decay: float) -> np.ndarray:
     """Streaks: lines through (x0, y0) (mm) at ``angles`` with amplitudes ``amps`` (HU), Gaussian
     cross-section ``width`` mm, fading with distance from the source over ``decay`` mm; 2D float32."""
@@ -480,6 +352,7 @@ def generate_study(
     matrix: int | None = None,
     _n_slices: int | None = None,
     scanner: str | ScannerProfile = "mosmed",
+    patterns: Sequence[str] | None = None,
 ) -> SyntheticStudy:
     """Generate one synthetic chest CT of MosMedData ``category`` ("CT-0" ... "CT-4").
 
@@ -491,6 +364,8 @@ def generate_study(
         _n_slices: force the slice count (tests use few slices); otherwise 33-54 at 8 mm for
             ``"mosmed"``, the same coverage at the profile's spacing for others.
         scanner: a name in :data:`SCANNERS` or a :class:`ScannerProfile`; sets only scanner settings.
+        patterns: force these lesion patterns (names in :data:`pipeline.synth.lesions.PATTERNS`, the first
+            the primary) instead of drawing them; the involvement stays that of ``category``.
 
     Returns:
         the :class:`SyntheticStudy`.
@@ -506,7 +381,7 @@ def generate_study(
     )
     rng = np.random.default_rng(nuisance_seq)
     p = draw_nuisance(rng, matrix, _n_slices, profile)
-    lesion = draw_lesions(np.random.default_rng(lesion_seq), category)
+    lesion = draw_lesions(np.random.default_rng(lesion_seq), category, patterns)
 
     work = matrix // factor
     px = p["fov_mm"] / work
@@ -725,58 +600,19 @@ def generate_study(
         n_holes = int(rng.uniform(0.003, 0.012) * len(lung_idx))
         sel = pick(np.clip(rel_z, 0.05, 1) ** 2, n_holes)
         hole_mm = rng.uniform(1.5, 3.0)
-        holes = np.minimum(_blob_field(cshape, lung_idx[sel], np.ones(len(sel)), hole_mm, spacing) * 1.5, 1)
+        holes = np.minimum(blob_field(cshape, lung_idx[sel], np.ones(len(sel)), hole_mm, spacing) * 1.5, 1)
         lung_hu = lung_hu * (1 - holes) + holes * (-985.0 + 5 * lung_tex)
 
     # ---- opacities (category-dependent: their own streams) ----
     lesion_mask_c = np.zeros(cshape, bool)
     if lesion["target_fraction"] > 0 and len(lung_idx):
-        lrng = np.random.default_rng(texture_seq)
-        depth_l = cdepth[lung_idx[:, 0], lung_idx[:, 1], 0]
-        w = (
-            lesion["peripheral_weight"] * np.exp(-depth_l / 15.0)
-            + lesion["posterior_weight"] * np.clip(0.5 - lung_xyz[:, 1] / (2 * b), 0, 1)
-            + lesion["basal_weight"] * np.clip(1 - rel_z, 0, 1)
-        ) * (1 + lesion["left_right_bias"] * np.sign(lung_xyz[:, 0]))
-        n = lesion["n_patches"]
-        centres = lung_idx[pick(w**2, n, lrng)]
-        # blob size so that n blobs cover about the target share of this lung (a blob's core ~ 14 sigma^3)
-        lung_mm3 = len(lung_idx) * px * px * dz
-        sigma = (1.5 * lesion["target_fraction"] * lung_mm3 / (14.0 * n)) ** (1 / 3)
-        sizes = np.clip(sigma * lrng.uniform(0.6, 1.4, n), 3.0, 40.0)
-        heights = lrng.uniform(0.5, 1.0, n)
-        score = np.zeros(cshape, np.float32)
-        for lo, hi in ((0, 9), (9, 14), (14, np.inf)):
-            sel = (sizes >= lo) & (sizes < hi)
-            if sel.any():
-                score += _blob_field(cshape, centres[sel], heights[sel], float(np.median(sizes[sel])), spacing)
-        irregular = smooth_field(lrng, cshape, 6.0, spacing)
-        score = score * (1 + 0.3 * irregular) + 0.01 * np.exp(-cdepth / 20.0)
-        values = score[lung_c]
-        thr = np.quantile(values, 1 - lesion["target_fraction"])
-        # soft margin: the score falls by ``width`` over about ``margin_mm`` at a blob's edge
-        width = max(float(thr) * 1.5 * lesion["margin_mm"] / sigma, 1e-4)
-        amount = np.clip(0.5 + (score - thr) / (2 * width), 0, 1)
-        # ground glass: rises smoothly from the margin to ggo_hu (+- a regional variation)
-        ggo = lesion["ggo_hu"] + lesion["ggo_var_hu"] * irregular
-        opac = lung_hu + amount * (ggo - p["lung_hu"])
-        if lesion["crazy_paving"]:
-            net = smooth_field(lrng, cshape, 2.5, spacing)
-            opac = opac + lesion["paving_hu"] * np.exp(-((net / 0.2) ** 2)) * amount
-        if lesion["subpleural_lines"]:
-            d0 = lrng.uniform(4.0, 10.0)
-            opac = opac + 250.0 * np.exp(-(((cdepth - d0) / 1.2) ** 2)) * np.clip(2 * amount, 0, 1) * posterior
-        core = np.quantile(values[values > thr], 1 - lesion["consolidation_share"]) if (values > thr).any() else thr
-        cons = np.clip(0.5 + (score - core) / (6 * width), 0, 1) * (lesion["consolidation_share"] > 0.02)
-        opac = opac * (1 - cons) + cons * (lesion["consolidation_hu"] + 10 * lung_tex)
-        lung_hu = opac
-        lesion_mask_c = lung_c & (score > thr)
+        lung_hu, lesion_mask_c = paint_lesions(np.random.default_rng(texture_seq), lesion, lung_hu, lung_c, spacing)
 
     # ---- vessels, bronchi and fissures ----
     hilum_z = carina - 20.0
     hila = [np.array([s * (p["mediastinum_mm"] + 12), spine_y + 45.0, hilum_z]) for s in (-1.0, 1.0)]
     pts, radii, dirs = _vessel_tree(rng, p["vessel_root_mm"], hila, px / 2)
-    vessels = _splat(pts, radii, to_crop, cshape, px, dz) * space_c
+    vessels = splat(pts, radii, to_crop, cshape, px, dz) * space_c
     vessel_hu = 0.8 * p["contrast_hu"] if p["contrast"] else p["vessel_hu"]
     lung_hu = lung_hu * (1 - vessels) + vessel_hu * vessels
     # bronchi beside the arteries (radius >= 1.2 mm): air lumen, soft-tissue wall
@@ -786,8 +622,8 @@ def generate_study(
     rb = 0.85 * radii[big]
     wall_mm = 0.25 * rb + 0.3
     centre = pts[big] + side * (radii[big] + rb + wall_mm)[:, None]
-    lumen = _splat(centre, rb, to_crop, cshape, px, dz, (2.0,)) * space_c
-    outer = _splat(centre, rb + wall_mm, to_crop, cshape, px, dz, (2.0,)) * space_c
+    lumen = splat(centre, rb, to_crop, cshape, px, dz, (2.0,)) * space_c
+    outer = splat(centre, rb + wall_mm, to_crop, cshape, px, dz, (2.0,)) * space_c
     bwall = np.clip(outer - lumen, 0, 1)
     lung_hu = lung_hu * (1 - lumen) + AIR_HU * lumen
     lung_hu = lung_hu * (1 - bwall) + 20.0 * bwall
@@ -831,7 +667,7 @@ def generate_study(
             strand_r.append(np.full(len(plate), rng.uniform(1.0, 2.0)))
     solid = np.zeros(cshape, np.float32)
     if strands:
-        solid = _splat(np.concatenate(strands), np.concatenate(strand_r), to_crop, cshape, px, dz, (1.5,)) * space_c
+        solid = splat(np.concatenate(strands), np.concatenate(strand_r), to_crop, cshape, px, dz, (1.5,)) * space_c
         lung_hu = lung_hu * (1 - solid) + solid * (solid_hu + 10 * lung_tex)
     nodules = []
     if p["mimic_nodule"]:

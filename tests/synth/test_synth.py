@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.synth.generate import MANIFEST, MARKER, generate_cohort, write_montage
-from pipeline.synth.phantom import CATEGORY_BANDS, SCANNERS, check_matrix, generate_study
+from pipeline.synth.phantom import CATEGORY_BANDS, LESION_KEYS, SCANNERS, check_matrix, generate_study
 from pipeline.transforms.plausibility import CheckChestCT, aerated_fraction
 from pipeline.utils.errors import InputError
 
@@ -99,9 +99,10 @@ def test_opacities_are_denser_than_lung_and_only_difference_between_categories()
     assert changed[sick.mask == 1].mean() > 0.95
     assert changed[(sick.mask == 0) & lungs].mean() < 0.2
     lesion = sick.image[sick.mask == 1].astype(float)
-    assert np.median(lesion) > np.median(normal.image[sick.mask == 1]) + 150
+    # faint ground glass (down to -750 HU) lifts an inspired lung by 100-150 HU, patchy ground glass by more
+    assert np.median(lesion) > np.median(normal.image[sick.mask == 1]) + 100
     assert -750 < np.median(lesion) < 60
-    nuisance = {k: v for k, v in normal.params.items() if k in sick.params and k != "target_fraction"}
+    nuisance = {k: v for k, v in normal.params.items() if k not in LESION_KEYS}
     assert all(sick.params[k] == v for k, v in nuisance.items())
 
 
