@@ -96,6 +96,13 @@ MIN_PRIMARY_SHARE = 0.4
 #: against the 50 radiologist masks of MosMedData's CT-1 (median 66 mL in 60 pieces, largest 25 mL).
 CT1_FRACTION = (0.011, 0.8)
 CT1_CLIP = (0.002, 0.21)
+#: MosMedData's 50 radiologist CT-1 masks (512x512, 8 mm slices; ``../shared/realct/mosmed_ct1_masks``):
+#: 25th / 50th / 75th percentile of total lesion volume (mL), 6-connected pieces and largest piece (mL).
+REAL_CT1: dict[str, tuple[float, float, float]] = {
+    "total_ml": (26.4, 66.0, 108.9),
+    "pieces": (30.0, 60.0, 121.5),
+    "largest_ml": (13.7, 25.4, 76.3),
+}
 #: Other categories: uniform inside the band, this far from its edges.
 BAND_MARGIN = 0.04
 #: Share of a lesion's full HU change at its margin (the mask's edge): inside the mask every voxel changed.
@@ -371,7 +378,8 @@ class LungFrame:
         post = 1 - np.clip((np.arange(lung.shape[1], dtype=np.float32) - lo[1]) / span[1], 0, 1)
         low = 1 - np.clip((np.arange(lung.shape[2], dtype=np.float32) - lo[2]) / span[2], 0, 1)
         side = np.sign(np.arange(lung.shape[0], dtype=np.float32) - idx[:, 0].mean()).astype(np.float32)
-        return cls(lung, spacing, idx, depth, post[None, :, None], low[None, None, :], side[:, None, None], rng)
+        post, low = post.astype(np.float32)[None, :, None], low.astype(np.float32)[None, None, :]
+        return cls(lung, spacing, idx, depth, post, low, side[:, None, None], rng)
 
     def mm(self, idx: np.ndarray) -> np.ndarray:
         """Voxel indices ``(N, 3)`` to array millimetres."""
