@@ -168,6 +168,9 @@ MIMIC_RATES: dict[str, float] = {
 }
 #: Rates of the other nuisance findings outside the lungs.
 ARMS_DOWN_P = 0.30
+#: Gas under the diaphragm: a stomach bubble under the left dome, colon flexures under both domes.
+STOMACH_GAS_P = 0.80
+COLON_GAS_P = 0.70
 BREASTS_P = 0.35
 CONTRAST_P = 0.30
 COUCHES = ("flat", "curved", "double")
@@ -220,13 +223,20 @@ def draw_nuisance(
         "inspiration": inspiration,
         "dome_mm": 50.0 - 20.0 * inspiration + u(-6.0, 6.0),
         "right_dome_extra_mm": u(5.0, 20.0),
-        "lung_hu": -790.0 - 75.0 * inspiration + u(-12.0, 12.0),
+        # full inspiration reaches -920 HU parenchyma (a lung median near -880 HU with vessels), shallow -800
+        "lung_hu": -815.0 - 125.0 * inspiration + u(-10.0, 10.0),
         "lung_texture_hu": u(6.0, 12.0),
         # secondary-lobule-scale heterogeneity (5-15 mm): lobules, small vessels below the resolution
         "lung_lobular_hu": u(12.0, 24.0),
         "lung_regional_hu": u(4.0, 12.0),
         "dependent_hu": u(15.0, 75.0),
         "dependent_mm": u(6.0, 16.0),
+        # supine gravity gradient across the whole lung, front to back
+        "ap_gradient_hu": u(0.0, 60.0),
+        # slice sensitivity profile (effective thickness / spacing): partial volume at the domes
+        "slice_profile": u(1.0, 1.5),
+        "stomach_gas": bool(rng.random() < STOMACH_GAS_P),
+        "colon_gas": bool(rng.random() < COLON_GAS_P),
         "mediastinum_mm": u(18.0, 28.0),
         "heart_scale": u(0.9, 1.15),
         "vessel_root_mm": u(4.5, 6.0),
@@ -344,6 +354,38 @@ def _lines(gx, gy, x0: float, y0: float, angles, amps, width: float, decay: floa
         d = dx * np.float32(np.sin(t)) - dy * np.float32(np.cos(t))
         out += np.float32(amp) * np.exp(-((d / np.float32(width)) ** 2))
     return out * np.exp(-np.sqrt(dx**2 + dy**2) / np.float32(decay))
+
+
+def _abdominal_gas(rng, p, hu, x, y, zz, cavity, dome, side_x: float, lateral: float, b: float, spacing) -> None:
+    """Paint gas (in place, slices below the domes only, 5 mm under the diaphragm): a stomach with an
+    air-fluid level under the left dome and gas-filled colon loops (splenic and hepatic flexures) with
+    mottled stool; never lung, never lesion."""
+    ks = np.flatnonzero(zz < dome.max())
+    if not len(ks) or not (p["stomach_gas"] or p["colon_gas"]):
+        return
+    sub = np.s_[:, :, ks[0] : ks[-1] + 1]
+    z = zz[sub[2]][None, None, :]
+    under = cavity[sub] & (z < dome[sub] - 5.0)
+    gas = np.zeros(under.shape, bool)
+    fluid = np.zeros(under.shape, bool)
+    base = p["lung_base_mm"]
+    if p["stomach_gas"]:
+        axes = rng.uniform(0.8, 1.2) * np.array([45.0, 0.3 * b, 30.0])
+        top = base + p["dome_mm"] - 8.0
+        centre = (side_x + rng.uniform(-10.0, 10.0), 0.15 * b, top - axes[2])
+        e = ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2
+        stomach = e[..., None] + ((z - centre[2]) / axes[2]) ** 2 < 1
+        level = centre[2] + axes[2] * rng.uniform(-0.5, 0.3)
+        gas |= stomach & (z > level)
+        fluid |= stomach & (z <= level)
+    if p["colon_gas"]:
+        mottle = smooth_field(rng, under.shape, 3.0, spacing) > -0.3
+        for sx, sy in ((0.8, 0.3), (-0.75, 0.45)):
+            r = rng.uniform(12.0, 22.0)
+            loop = ((x - sx * lateral) ** 2 + (y - sy * b) ** 2 < r**2)[..., None]
+            gas |= loop & mottle
+            fluid |= loop & ~mottle
+    hu[sub] = np.where(under & gas, AIR_HU, np.where(under & fluid, 15.0, hu[sub]))
 
 
 def generate_study(
@@ -491,7 +533,10 @@ def generate_study(
     for sx, extra in ((-side_x, p["right_dome_extra_mm"]), (side_x, 0.0)):
         bump = 1 - ((x - sx) / (0.85 * lateral)) ** 2 - ((y - 0.1 * b) / (0.9 * b)) ** 2
         dome = np.maximum(dome, (base + (p["dome_mm"] + extra) * np.clip(bump, 0, 1))[..., None])
-    above = np.clip((z + dz / 2 - dome) / dz, 0, 1)  # partial volume of lung above the dome in the slice
+    # partial volume of lung above the dome in the slice (its sensitivity profile a little wider than the
+    # spacing): the dome tops show as round hazy areas in the basal slices
+    thick = p["slice_profile"] * dz
+    above = np.clip((z + thick / 2 - dome) / thick, 0, 1)
     s_apex = np.clip((z - (apex - 80.0)) / 80.0, 0, 1)
     apex_shrink = 0.7 * lateral * (1 - np.sqrt(1 - s_apex**2))
     cavity = (cavity_depth > 0) & (z < apex + 30)
@@ -518,6 +563,7 @@ def generate_study(
     inside = np.where(heart, np.where(med_tex > 1.2, p["fat_hu"], chambers), inside)
     inside = np.where(aorta, blood, inside)
     hu = np.where(cavity_depth > 0, inside, hu)
+    _abdominal_gas(rng, p, hu, x, y, zz, cavity_depth > 0, dome, side_x, lateral, b, spacing)
 
     # spine and sternum
     canal = np.sqrt(x**2 + (y - spine_y + 28) ** 2)
@@ -564,6 +610,7 @@ def generate_study(
     basal = np.clip((base + p["dome_mm"] + 40 - z) / 80.0, 0, 1)
     posterior = 1 / (1 + np.exp(yc / 20.0))
     dependent = p["dependent_hu"] * np.exp(-cdepth / p["dependent_mm"]) * posterior * (0.4 + 0.6 * basal)
+    dependent = dependent + p["ap_gradient_hu"] * np.clip(0.5 - yc / (2 * b), 0, 1)
     if p["mimic_dependent_band"]:
         band_hu, band_mm = rng.uniform(120.0, 300.0), rng.uniform(5.0, 12.0)
         dependent = dependent + band_hu * np.exp(-cdepth / band_mm) * (1 / (1 + np.exp((yc + 0.25 * b) / 8.0))) * (

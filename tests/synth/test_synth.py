@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.synth.generate import MANIFEST, MARKER, generate_cohort, write_montage
-from pipeline.synth.phantom import CATEGORY_BANDS, LESION_KEYS, SCANNERS, check_matrix, generate_study
+from pipeline.synth.phantom import CATEGORY_BANDS, LESION_KEYS, SCANNERS, check_matrix, draw_nuisance, generate_study
 from pipeline.transforms.plausibility import CheckChestCT, aerated_fraction
 from pipeline.utils.errors import InputError
 
@@ -275,3 +275,29 @@ def test_cli_scanner_option(tmp_path: Path) -> None:
     assert json.loads((tmp_path / MARKER).read_text())["scanner"] == "shifted"
     with pytest.raises(SystemExit):
         main([*argv, "--scanner", "ge"])
+
+
+def test_normal_lungs_span_inspiration_levels() -> None:
+    """CT-0 lungs reach full inspiration: their median HU over the true lung spans the real normals' -880..-760."""
+    medians = []
+    for seed in range(12):
+        study = generate_study("CT-0", seed, matrix=128)  # 3 mm pixels: small vessels stay small
+        medians.append(float(np.median(study.image[study.lung])))
+    assert min(medians) < -840 and max(medians) > -790, medians
+    assert -900 < min(medians) and max(medians) < -720, medians
+
+
+def test_gas_under_the_diaphragm_is_neither_lung_nor_lesion() -> None:
+    """Stomach and colon gas lie in the body below the lung bases; they are never lung and never lesion."""
+    seed = next(
+        s
+        for s in range(100)
+        if draw_nuisance(np.random.default_rng(np.random.SeedSequence(s, spawn_key=(0,))), 64)["stomach_gas"]
+    )
+    study = generate_study("CT-2", seed, matrix=64)
+    k0 = int(np.flatnonzero(study.lung.any(axis=(0, 1)))[0])
+    below = study.image[..., : k0 + 1]
+    body = _body(study.image)[..., : k0 + 1]
+    gas = body & (below < -900) & ~study.lung[..., : k0 + 1]
+    assert gas.sum() > 20
+    assert not study.mask[..., : k0 + 1][gas].any()
