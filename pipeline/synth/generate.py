@@ -7,6 +7,8 @@ Study numbers run globally across categories. Study ``i`` is drawn from
 whatever the number of workers. Every file is written to a temporary name and renamed.
 ``--scanner shifted`` draws a domain-shift cohort: the same patients and lesions in distribution,
 other scanner settings (thin slices, RAS, low noise, sharp kernels; see :data:`pipeline.synth.phantom.SCANNERS`).
+``--scanner foreign`` draws a cohort unlike the training generator in every respect: 5 mm LPS slices, sharp
+low-dose kernels, other patients (anatomy, lung texture) and another mix of lesion patterns and densities.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ MANIFEST_PARAMS = (
     "contrast",
     "mimics",
     "target_fraction",
+    "patterns",
 )
 FIELDS = (
     "study_id",
@@ -150,7 +153,8 @@ def generate_cohort(
         workers: processes; the output does not depend on it.
         progress: show a tqdm progress bar.
         _n_slices: force the slice count (tests).
-        scanner: scanner profile, ``"mosmed"`` (MosMedData-like) or ``"shifted"`` (domain shift).
+        scanner: generator profile, ``"mosmed"`` (MosMedData-like), ``"shifted"`` (other scanner) or
+            ``"foreign"`` (other scanner, patients and lesion mix).
     """
     out = Path(out_dir)
     names = _parse_categories(categories)
@@ -248,14 +252,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", default=",".join(CATEGORY_BANDS), help="comma-separated, default CT-0,CT-1,CT-2,CT-3,CT-4"
     )
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
-    parser.add_argument(
-        "--matrix", type=int, help="in-plane size, multiple of 16 (default 512 for mosmed, 384 for shifted)"
-    )
+    parser.add_argument("--matrix", type=int, help="in-plane size, multiple of 16 (default 512; 384 for shifted)")
     parser.add_argument(
         "--scanner",
         choices=list(SCANNERS),
         default="mosmed",
-        help="scanner settings: mosmed (8 mm, LAS; default) or shifted (2.5-5 mm, RAS, low noise, sharp kernels)",
+        help="generator profile: mosmed (8 mm, LAS; default), shifted (2.5-5 mm, RAS, low noise, sharp kernels) "
+        "or foreign (5 mm, LPS, low dose, other patients and lesion mix)",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--montage", metavar="FILE.png", help="also write a PNG montage, one study per category")

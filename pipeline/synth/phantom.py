@@ -17,7 +17,7 @@ systematic difference between categories is the opacity burden in the lungs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +71,16 @@ class ScannerProfile:
         kernel_p: their probabilities; ``None`` = uniform.
         noise_hu: (low, high) standard deviation of the scanner noise in HU.
         padding_hu: values written outside the reconstructed circle, drawn uniformly.
-        orientation: ``"LAS"`` or ``"RAS"`` axis codes of the saved arrays.
+        orientation: ``"LAS"``, ``"RAS"`` or ``"LPS"`` axis codes of the saved arrays.
         matrix: in-plane size used when the caller gives none.
+        anatomy: (low, high) ranges that replace the default uniform draws of the patient's anatomy and
+            lung texture, by name (keys of :data:`ANATOMY_RANGES`); empty = the MosMedData-like patients.
+        lesion_rates: primary lesion-pattern rates per category instead of
+            :data:`pipeline.synth.lesions.PRIMARY_RATES`; ``None`` = those.
+        lesion_hu_shift: (low, high) of a uniform shift of every lesion HU level, drawn per study.
+
+    Only a profile with ``anatomy``, ``lesion_rates`` or ``lesion_hu_shift`` changes the patients and lesions
+    (``"foreign"``); ``"mosmed"`` and ``"shifted"`` differ in scanner settings alone.
     """
 
     name: str
@@ -83,6 +91,39 @@ class ScannerProfile:
     padding_hu: tuple[int, ...]
     orientation: str
     matrix: int
+    anatomy: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    lesion_rates: Mapping[str, Mapping[str, float]] | None = None
+    lesion_hu_shift: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.anatomy) - set(ANATOMY_RANGES)
+        if unknown or self.orientation not in ORIENTATIONS:
+            raise ValueError(
+                f"profile {self.name!r}: unknown anatomy {sorted(unknown)} or orientation {self.orientation!r}"
+            )
+
+
+#: The patient's anatomy and lung texture, drawn uniformly in these (low, high) ranges unless a profile's
+#: ``anatomy`` replaces them (lung heights in mm, HU levels and amplitudes, scales as factors).
+ANATOMY_RANGES: dict[str, tuple[float, float]] = {
+    "lung_height_mm": LUNG_HEIGHT_MM,
+    "body_a": (145.0, 185.0),
+    "body_b_ratio": (0.62, 0.78),
+    "fat_mm": (3.0, 16.0),
+    "muscle_mm": (5.0, 11.0),
+    "lung_hu_offset": (-10.0, 10.0),
+    "lung_texture_hu": (6.0, 12.0),
+    "lung_lobular_hu": (12.0, 24.0),
+    "lung_regional_hu": (4.0, 12.0),
+    "dependent_hu": (15.0, 75.0),
+    "ap_gradient_hu": (0.0, 60.0),
+    "mediastinum_mm": (18.0, 28.0),
+    "heart_scale": (0.9, 1.15),
+    "vessel_root_mm": (4.5, 6.0),
+    "vessel_hu": (30.0, 50.0),
+}
+#: Axis codes a profile may save in; arrays are built LAS and mirrored along x (R) or y (P).
+ORIENTATIONS = ("LAS", "RAS", "LPS")
 
 
 SCANNERS: dict[str, ScannerProfile] = {
@@ -105,6 +146,69 @@ SCANNERS: dict[str, ScannerProfile] = {
         padding_hu=(-1024, -1000),
         orientation="RAS",
         matrix=384,
+    ),
+    # deliberately unlike the training generator: 5 mm LPS slices, sharp low-dose reconstructions, other
+    # patients (sizes, heart, denser and coarser lungs) and another mix of lesion patterns and densities
+    "foreign": ScannerProfile(
+        name="foreign",
+        slice_mm=(5.0, 5.0),
+        kernels=("sharp", "lung", "smooth"),
+        kernel_p=(0.45, 0.45, 0.1),
+        noise_hu=(15.0, 35.0),
+        padding_hu=(-1000, -2000),
+        orientation="LPS",
+        matrix=512,
+        anatomy={
+            "lung_height_mm": (190.0, 300.0),
+            "body_a": (130.0, 200.0),
+            "body_b_ratio": (0.55, 0.85),
+            "fat_mm": (2.0, 28.0),
+            "lung_hu_offset": (0.0, 40.0),
+            "lung_texture_hu": (10.0, 20.0),
+            "lung_lobular_hu": (20.0, 36.0),
+            "lung_regional_hu": (8.0, 20.0),
+            "dependent_hu": (40.0, 130.0),
+            "mediastinum_mm": (22.0, 34.0),
+            "heart_scale": (1.05, 1.35),
+            "vessel_root_mm": (5.5, 7.0),
+        },
+        lesion_rates={
+            "CT-1": {
+                "round_ggo": 0.2,
+                "subpleural": 0.15,
+                "patchy_ggo": 0.2,
+                "crazy_paving": 0.05,
+                "organizing": 0.05,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.2,
+            },
+            "CT-2": {
+                "patchy_ggo": 0.2,
+                "round_ggo": 0.05,
+                "subpleural": 0.05,
+                "crazy_paving": 0.1,
+                "organizing": 0.1,
+                "diffuse_reticular": 0.2,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.15,
+            },
+            "CT-3": {
+                "patchy_ggo": 0.2,
+                "crazy_paving": 0.1,
+                "organizing": 0.05,
+                "diffuse_reticular": 0.35,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.15,
+            },
+            "CT-4": {
+                "patchy_ggo": 0.25,
+                "crazy_paving": 0.1,
+                "diffuse_reticular": 0.5,
+                "lobar": 0.1,
+                "bronchopneumonia": 0.05,
+            },
+        },
+        lesion_hu_shift=(-60.0, 40.0),
     ),
 }
 
@@ -196,11 +300,15 @@ def draw_nuisance(
     the coverage is ``n_slices`` times the spacing).
     """
     u = rng.uniform
+
+    def r(name: str) -> float:
+        return u(*scanner.anatomy.get(name, ANATOMY_RANGES[name]))
+
     pixel_512 = u(*PIXEL_RANGE_512)
     fov = 512 * pixel_512
     # lung height (costophrenic recess to apex) drawn on its own, then the scan planned around it as
     # in MosMedData: from above the apices (lower neck) to below the costophrenic recesses (upper abdomen)
-    lung_height = u(*LUNG_HEIGHT_MM)
+    lung_height = r("lung_height_mm")
     below_mm = u(*BELOW_LUNG_MM)
     above_mm = u(*ABOVE_LUNG_MM)
     kernel = str(rng.choice(list(scanner.kernels), p=scanner.kernel_p))
@@ -211,10 +319,10 @@ def draw_nuisance(
         "pixel_mm": fov / matrix,
         "fov_mm": fov,
         # body: lateral / AP semi-axes (mm), capped so the lungs stay in the field of view
-        "body_a": min(u(145.0, 185.0), 0.52 * fov),
-        "body_b_ratio": u(0.62, 0.78),
-        "fat_mm": u(3.0, 16.0),
-        "muscle_mm": u(5.0, 11.0),
+        "body_a": min(r("body_a"), 0.52 * fov),
+        "body_b_ratio": r("body_b_ratio"),
+        "fat_mm": r("fat_mm"),
+        "muscle_mm": r("muscle_mm"),
         "rotation_deg": u(-6.0, 6.0),
         "shift_x_mm": u(-15.0, 15.0),
         "shift_y_mm": u(-25.0, 10.0),
@@ -224,23 +332,23 @@ def draw_nuisance(
         "dome_mm": 50.0 - 20.0 * inspiration + u(-6.0, 6.0),
         "right_dome_extra_mm": u(5.0, 20.0),
         # full inspiration reaches -920 HU parenchyma (a lung median near -880 HU with vessels), shallow -800
-        "lung_hu": -815.0 - 125.0 * inspiration + u(-10.0, 10.0),
-        "lung_texture_hu": u(6.0, 12.0),
+        "lung_hu": -815.0 - 125.0 * inspiration + r("lung_hu_offset"),
+        "lung_texture_hu": r("lung_texture_hu"),
         # secondary-lobule-scale heterogeneity (5-15 mm): lobules, small vessels below the resolution
-        "lung_lobular_hu": u(12.0, 24.0),
-        "lung_regional_hu": u(4.0, 12.0),
-        "dependent_hu": u(15.0, 75.0),
+        "lung_lobular_hu": r("lung_lobular_hu"),
+        "lung_regional_hu": r("lung_regional_hu"),
+        "dependent_hu": r("dependent_hu"),
         "dependent_mm": u(6.0, 16.0),
         # supine gravity gradient across the whole lung, front to back
-        "ap_gradient_hu": u(0.0, 60.0),
+        "ap_gradient_hu": r("ap_gradient_hu"),
         # slice sensitivity profile (effective thickness / spacing): partial volume at the domes
         "slice_profile": u(1.0, 1.5),
         "stomach_gas": bool(rng.random() < STOMACH_GAS_P),
         "colon_gas": bool(rng.random() < COLON_GAS_P),
-        "mediastinum_mm": u(18.0, 28.0),
-        "heart_scale": u(0.9, 1.15),
-        "vessel_root_mm": u(4.5, 6.0),
-        "vessel_hu": u(30.0, 50.0),
+        "mediastinum_mm": r("mediastinum_mm"),
+        "heart_scale": r("heart_scale"),
+        "vessel_root_mm": r("vessel_root_mm"),
+        "vessel_hu": r("vessel_hu"),
         "fissure_tilt": u(0.8, 1.3),
         "fat_hu": u(-115.0, -85.0),
         "muscle_hu": u(38.0, 55.0),
@@ -423,7 +531,9 @@ def generate_study(
     )
     rng = np.random.default_rng(nuisance_seq)
     p = draw_nuisance(rng, matrix, _n_slices, profile)
-    lesion = draw_lesions(np.random.default_rng(lesion_seq), category, patterns)
+    lesion = draw_lesions(
+        np.random.default_rng(lesion_seq), category, patterns, profile.lesion_rates, profile.lesion_hu_shift
+    )
 
     work = matrix // factor
     px = p["fov_mm"] / work
@@ -825,12 +935,12 @@ def generate_study(
     half = (matrix - 1) / 2 * p["pixel_mm"]
     affine = np.diag([-p["pixel_mm"], p["pixel_mm"], dz, 1.0])
     affine[:3, 3] = [half, -half, p["origin_z_mm"]]
-    if profile.orientation == "RAS":
-        # same voxels in the world, stored from patient right to left
-        image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
-        mimic_full = np.ascontiguousarray(mimic_full[::-1])
-        lung_full = np.ascontiguousarray(lung_full[::-1])
-        affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
+    # same voxels in the world, stored from patient right to left (R) or from front to back (P)
+    for axis, code in ((0, "R"), (1, "P")):
+        if profile.orientation[axis] == code:
+            image, mask, mimic_full, lung_full = (np.flip(a, axis) for a in (image, mask, mimic_full, lung_full))
+            affine[axis, axis], affine[axis, 3] = -affine[axis, axis], -affine[axis, 3]
+    image, mask, mimic_full, lung_full = map(np.ascontiguousarray, (image, mask, mimic_full, lung_full))
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
     params["mimics"] = mimics_of(p)
     params["lung_voxels"] = int(lung_full.sum())

@@ -14,7 +14,16 @@ from scipy import ndimage
 
 from pipeline.__main__ import main
 from pipeline.synth.generate import MANIFEST, MARKER, generate_cohort, write_montage
-from pipeline.synth.phantom import CATEGORY_BANDS, LESION_KEYS, SCANNERS, check_matrix, draw_nuisance, generate_study
+from pipeline.synth.lesions import PRIMARY_RATES
+from pipeline.synth.phantom import (
+    ANATOMY_RANGES,
+    CATEGORY_BANDS,
+    LESION_KEYS,
+    SCANNERS,
+    check_matrix,
+    draw_nuisance,
+    generate_study,
+)
 from pipeline.transforms.plausibility import CheckChestCT, aerated_fraction
 from pipeline.utils.errors import InputError
 
@@ -301,3 +310,47 @@ def test_gas_under_the_diaphragm_is_neither_lung_nor_lesion() -> None:
     gas = body & (below < -900) & ~study.lung[..., : k0 + 1]
     assert gas.sum() > 20
     assert not study.mask[..., : k0 + 1][gas].any()
+
+
+def test_foreign_profile_is_unlike_the_training_generator() -> None:
+    """``foreign``: 5 mm LPS slices, its own kernels, noise and padding, other patients and another lesion mix;
+    ``mosmed`` and ``shifted`` keep the same patients and lesions."""
+    foreign = SCANNERS["foreign"]
+    assert foreign.orientation == "LPS" and foreign.slice_mm == (5.0, 5.0)
+    assert set(foreign.anatomy) <= set(ANATOMY_RANGES) and foreign.anatomy
+    for name in ("mosmed", "shifted"):
+        profile = SCANNERS[name]
+        assert not profile.anatomy and profile.lesion_rates is None and profile.lesion_hu_shift == (0.0, 0.0)
+    for category, rates in foreign.lesion_rates.items():
+        assert sum(rates.values()) == pytest.approx(1.0) and rates != PRIMARY_RATES[category]
+    for seed in range(3):
+        study = generate_study("CT-3", seed, matrix=64, scanner="foreign")
+        p = study.params
+        assert nib.aff2axcodes(study.affine) == ("L", "P", "S") and p["slice_mm"] == 5.0
+        assert p["kernel"] in foreign.kernels and 15 <= p["noise_hu"] <= 35 and p["padding_hu"] in foreign.padding_hu
+        assert 1.05 <= p["heart_scale"] <= 1.35 and p["scanner"] == "foreign"
+        lo, hi = CATEGORY_BANDS["CT-3"]
+        assert lo < study.lesion_fraction < hi
+        assert CheckChestCT()(study.image, affine=study.affine) is study.image
+    # LPS stores the LAS volume mirrored front to back, every voxel at the same place in the world
+    lps = dataclasses.replace(SCANNERS["mosmed"], orientation="LPS")
+    las_study = generate_study("CT-2", 3, matrix=48, _n_slices=34)
+    lps_study = generate_study("CT-2", 3, matrix=48, _n_slices=34, scanner=lps)
+    assert np.array_equal(lps_study.image, las_study.image[:, ::-1]) and np.array_equal(
+        lps_study.lung, las_study.lung[:, ::-1]
+    )
+    ijk = np.array([[0, 0, 0, 1], [5, 7, 2, 1]], float)
+    mirrored = ijk.copy()
+    mirrored[:, 1] = 47 - ijk[:, 1]
+    np.testing.assert_allclose(las_study.affine @ ijk.T, lps_study.affine @ mirrored.T)
+    with pytest.raises(ValueError, match="unknown anatomy"):
+        dataclasses.replace(SCANNERS["mosmed"], anatomy={"tail_mm": (1.0, 2.0)})
+
+
+def test_foreign_cohort_through_the_cli(tmp_path: Path) -> None:
+    argv = ["synth", str(tmp_path), "--per-category", "1", "--categories", "CT-0,CT-4", "--matrix", "32"]
+    assert main([*argv, "--no-progress", "--scanner", "foreign"]) == 0
+    with open(tmp_path / MANIFEST, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["scanner"] for r in rows] == ["foreign", "foreign"] and {r["orientation"] for r in rows} == {"LPS"}
+    assert rows[1]["patterns"] != "none" and rows[0]["patterns"] == "none"
