@@ -4,9 +4,12 @@ One study is a non-contrast chest CT. The scanner profile ``"mosmed"`` (default)
 MosMedData geometry: ``matrix x matrix x (33-54)`` voxels, in-plane pixel 0.58-1.15 mm (at a 512
 matrix), 8 mm slices, LAS orientation, int16 HU. The profile ``"shifted"`` draws the scanner from
 another distribution (2.5-5 mm slices over the same 264-432 mm coverage, RAS orientation, lower
-noise, sharper kernels, other padding, a 384 default matrix) while patient and lesions keep theirs.
+noise, sharper kernels, other padding, a 384 default matrix) while patient and lesions keep theirs. The
+profile ``"foreign"`` changes everything: 5 mm LPS slices, low-dose sharp reconstructions, other patients
+(anatomy, lung texture) and another mix of lesion patterns (:data:`SCANNERS`).
 Voxel arrays are built as ``(x, y, z)`` = (towards patient left, towards anterior, towards superior)
-and flipped along x for RAS output.
+and flipped along x for R and along y for P output orientations. Lesions are drawn and painted by
+:mod:`pipeline.synth.lesions`.
 
 Anatomy and smooth random fields are built on a working grid of at most 256 pixels a side and
 upsampled bilinearly; scanner noise is added at full resolution. Every random draw comes from the
@@ -230,7 +233,8 @@ class SyntheticStudy:
         image: int16 HU, shape ``(matrix, matrix, slices)`` in (x, y, z) voxel order as saved.
         mask: uint8 lesion mask (1 = opacity), same shape.
         affine: 4x4 voxel-to-world (RAS mm) matrix; axis codes those of the scanner profile,
-            ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``.
+            ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``, ``("L", "P", "S")`` for
+            ``"foreign"``.
         lesion_fraction: lesion voxels / lung voxels, measured on ``mask``.
         params: every drawn parameter (patient, scanner, mimics, lesions), JSON-serialisable.
         mimic_mask: bool, same shape: the solid mimics (nodules, mass, scars, plate atelectasis),
