@@ -343,12 +343,6 @@ def draw_nuisance(
         "lung_regional_hu": r("lung_regional_hu"),
         "dependent_hu": r("dependent_hu"),
         "dependent_mm": u(6.0, 16.0),
-        # supine gravity gradient across the whole lung, front to back
-        "ap_gradient_hu": r("ap_gradient_hu"),
-        # slice sensitivity profile (effective thickness / spacing): partial volume at the domes
-        "slice_profile": u(1.0, 1.5),
-        "stomach_gas": bool(rng.random() < STOMACH_GAS_P),
-        "colon_gas": bool(rng.random() < COLON_GAS_P),
         "mediastinum_mm": r("mediastinum_mm"),
         "heart_scale": r("heart_scale"),
         "vessel_root_mm": r("vessel_root_mm"),
@@ -396,6 +390,15 @@ def draw_nuisance(
     top_margin = (n - 1) * dz - below_mm - lung_height
     p.update(slice_mm=dz, n_slices=n, coverage_mm=extent, lung_base_mm=below_mm, lung_height_mm=lung_height)
     p["top_margin_mm"] = top_margin
+    # drawn last, so that every earlier draw of a seed is what it was before they came
+    p.update(
+        # supine gravity gradient across the whole lung, front to back
+        ap_gradient_hu=r("ap_gradient_hu"),
+        # slice sensitivity profile (effective thickness / spacing): partial volume at the domes
+        slice_profile=u(1.0, 1.5),
+        stomach_gas=bool(rng.random() < STOMACH_GAS_P),
+        colon_gas=bool(rng.random() < COLON_GAS_P),
+    )
     return p
 
 
@@ -482,18 +485,18 @@ def _abdominal_gas(rng, p, hu, x, y, zz, cavity, dome, side_x: float, lateral: f
     fluid = np.zeros(under.shape, bool)
     base = p["lung_base_mm"]
     if p["stomach_gas"]:
-        axes = rng.uniform(0.8, 1.2) * np.array([45.0, 0.3 * b, 30.0])
+        axes = rng.uniform(0.6, 1.0) * np.array([45.0, 0.3 * b, 30.0])
         top = base + p["dome_mm"] - 8.0
         centre = (side_x + rng.uniform(-10.0, 10.0), 0.15 * b, top - axes[2])
         e = ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2
         stomach = e[..., None] + ((z - centre[2]) / axes[2]) ** 2 < 1
-        level = centre[2] + axes[2] * rng.uniform(-0.5, 0.3)
+        level = centre[2] + axes[2] * rng.uniform(-0.2, 0.5)
         gas |= stomach & (z > level)
         fluid |= stomach & (z <= level)
     if p["colon_gas"]:
         mottle = smooth_field(rng, under.shape, 3.0, spacing) > -0.3
         for sx, sy in ((0.8, 0.3), (-0.75, 0.45)):
-            r = rng.uniform(12.0, 22.0)
+            r = rng.uniform(8.0, 16.0)
             loop = ((x - sx * lateral) ** 2 + (y - sy * b) ** 2 < r**2)[..., None]
             gas |= loop & mottle
             fluid |= loop & ~mottle
