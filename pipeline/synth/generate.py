@@ -332,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
     """Run ``synth``: bad options become :class:`InputError` naming the output folder."""
     try:
         if args.backgrounds:
+            if args.matrix or args.scanner != "mosmed":
+                raise ValueError("--backgrounds keeps each background's scanner and geometry: drop --matrix, --scanner")
             manifest = generate_from_backgrounds(
                 args.out_dir,
                 args.backgrounds,

@@ -81,3 +81,5 @@ def test_background_cohort_deterministic_and_cli(backgrounds: Path, cohort: Path
         for key in ("study_file", "mask_file"):
             assert (tmp_path / row[key]).read_bytes() == (cohort / row[key]).read_bytes()
     assert main(["synth", str(tmp_path / "new"), "--backgrounds", str(tmp_path / "none")]) == 2
+    assert main(["synth", str(tmp_path / "new"), "--backgrounds", str(backgrounds), "--matrix", "64"]) == 2
+    assert not (tmp_path / "new").exists()
