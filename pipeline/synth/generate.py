@@ -7,6 +7,8 @@ Study numbers run globally across categories. Study ``i`` is drawn from
 whatever the number of workers. Every file is written to a temporary name and renamed.
 ``--scanner shifted`` draws a domain-shift cohort: the same patients and lesions in distribution,
 other scanner settings (thin slices, RAS, low noise, sharp kernels; see :data:`pipeline.synth.phantom.SCANNERS`).
+``--scanner foreign`` draws a cohort unlike the training generator in every respect: 5 mm LPS slices, sharp
+low-dose kernels, other patients (anatomy, lung texture) and another mix of lesion patterns and densities.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ MANIFEST_PARAMS = (
     "contrast",
     "mimics",
     "target_fraction",
+    "patterns",
+    "background",
 )
 FIELDS = (
     "study_id",
@@ -83,24 +87,40 @@ def _write_study(job: tuple[Path, int, str, int, int, int | None, str]) -> dict[
     out_dir, index, category, seed, matrix, n_slices, scanner = job
     study_seed = _study_seed(seed, index)
     study = generate_study(category, study_seed, matrix=matrix, _n_slices=n_slices, scanner=scanner)
+    return _write_files(out_dir, index, category, study.image, study.mask, study.affine, study_seed, study.params)
+
+
+def _write_files(out_dir: Path, index: int, category: str, image, mask, affine, seed: int, params: dict) -> dict:
+    """Write study ``index`` (int16 HU) and its uint8 lesion mask; return its manifest row."""
     study_file = Path("studies") / category / f"study_{index:04d}.nii.gz"
     mask_file = Path("masks") / f"study_{index:04d}_mask.nii.gz"
-    atomic_write_bytes(out_dir / study_file, nifti_bytes(study.image, study.affine))
-    atomic_write_bytes(out_dir / mask_file, nifti_bytes(study.mask, study.affine))
-    spacing = np.abs(np.diag(study.affine)[:3])
+    atomic_write_bytes(out_dir / study_file, nifti_bytes(image, affine))
+    atomic_write_bytes(out_dir / mask_file, nifti_bytes(mask, affine))
+    spacing = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(0))
+    lung_voxels = params.get("lung_voxels")
     row = {
         "study_id": f"study_{index:04d}",
         "category": category,
         "study_file": study_file.as_posix(),
         "mask_file": mask_file.as_posix(),
-        "lesion_fraction": f"{study.lesion_fraction:.4f}",
-        "shape": "x".join(map(str, study.image.shape)),
+        "lesion_fraction": f"{mask.sum() / lung_voxels if lung_voxels else 0.0:.4f}",
+        "shape": "x".join(map(str, image.shape)),
         "spacing": "x".join(f"{s:.4f}" for s in spacing),
-        "orientation": "".join(nib.aff2axcodes(study.affine)),
-        "seed": str(study_seed),
+        "orientation": "".join(nib.aff2axcodes(affine)),
+        "seed": str(seed),
     }
-    row.update({k: str(study.params.get(k, "")) for k in MANIFEST_PARAMS})
+    row.update({k: str(params.get(k, "")) for k in MANIFEST_PARAMS})
     return row
+
+
+def _write_manifest(out: Path, rows: list[dict]) -> Path:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    manifest = out / MANIFEST
+    atomic_write_bytes(manifest, text.getvalue().encode())
+    return manifest
 
 
 def _parse_categories(categories: str | list[str] | tuple[str, ...]) -> list[str]:
@@ -150,7 +170,8 @@ def generate_cohort(
         workers: processes; the output does not depend on it.
         progress: show a tqdm progress bar.
         _n_slices: force the slice count (tests).
-        scanner: scanner profile, ``"mosmed"`` (MosMedData-like) or ``"shifted"`` (domain shift).
+        scanner: generator profile, ``"mosmed"`` (MosMedData-like), ``"shifted"`` (other scanner) or
+            ``"foreign"`` (other scanner, patients and lesion mix).
     """
     out = Path(out_dir)
     names = _parse_categories(categories)
@@ -182,13 +203,53 @@ def generate_cohort(
                 rows.append(row)
                 bar.update()
     bar.close()
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    manifest = out / MANIFEST
-    atomic_write_bytes(manifest, text.getvalue().encode())
-    return manifest
+    return _write_manifest(out, rows)
+
+
+def generate_from_backgrounds(
+    out_dir: str | os.PathLike,
+    backgrounds: str | os.PathLike,
+    per_category: int = 1,
+    categories: str | list[str] | tuple[str, ...] = tuple(CATEGORY_BANDS),
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write a cohort of lesions painted into real scans (see :mod:`pipeline.synth.backgrounds`); return the
+    manifest path.
+
+    Args:
+        out_dir: empty folder, or a previous synthetic cohort (its studies are replaced).
+        backgrounds: folder of NIfTI files and DICOM series folders without pneumonia.
+        per_category: studies per positive category and background; CT-0 is each background once, unmodified.
+        categories: names or a comma-separated string.
+        seed: cohort seed; positive study ``i`` paints with ``SeedSequence(seed, spawn_key=(i,))``.
+        progress: show a tqdm progress bar.
+
+    Raises:
+        InputError: no background in ``backgrounds``, or one unreadable or without lungs (named).
+    """
+    from tqdm.auto import tqdm
+
+    from pipeline.synth.backgrounds import background_studies, find_backgrounds, studies_per_background
+
+    out = Path(out_dir)
+    names = _parse_categories(categories)
+    if per_category < 1:
+        raise ValueError(f"per_category must be >= 1, got {per_category}")
+    sources = find_backgrounds(backgrounds)
+    settings = {"generator": "pipeline.synth.backgrounds", "per_category": per_category, "categories": names}
+    settings.update(seed=seed, backgrounds=[p.name for p in sources])
+    _prepare_out_dir(out, settings)
+    rows = []
+    n = studies_per_background(names, per_category)
+    for b, source in enumerate(tqdm(sources, desc="backgrounds", unit="scan", disable=not progress)):
+        seeds = [_study_seed(seed, b * n + j + 1) for j in range(n)]
+        for j, (category, image, mask, affine, params) in enumerate(
+            background_studies(source, names, per_category, seeds)
+        ):
+            params = {**params, "scanner": "background", "background": source.name}
+            rows.append(_write_files(out, b * n + j + 1, category, image, mask, affine, params["seed"], params))
+    return _write_manifest(out, rows)
 
 
 def _pick_slice(image: np.ndarray, mask: np.ndarray) -> int:
@@ -248,14 +309,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--categories", default=",".join(CATEGORY_BANDS), help="comma-separated, default CT-0,CT-1,CT-2,CT-3,CT-4"
     )
     parser.add_argument("--seed", type=int, default=0, help="cohort seed (default 0)")
-    parser.add_argument(
-        "--matrix", type=int, help="in-plane size, multiple of 16 (default 512 for mosmed, 384 for shifted)"
-    )
+    parser.add_argument("--matrix", type=int, help="in-plane size, multiple of 16 (default 512; 384 for shifted)")
     parser.add_argument(
         "--scanner",
         choices=list(SCANNERS),
         default="mosmed",
-        help="scanner settings: mosmed (8 mm, LAS; default) or shifted (2.5-5 mm, RAS, low noise, sharp kernels)",
+        help="generator profile: mosmed (8 mm, LAS; default), shifted (2.5-5 mm, RAS, low noise, sharp kernels) "
+        "or foreign (5 mm, LPS, low dose, other patients and lesion mix)",
+    )
+    parser.add_argument(
+        "--backgrounds",
+        metavar="DIR",
+        help="paint lesions into the real scans without pneumonia in DIR (NIfTI files, DICOM series folders) "
+        "instead of phantoms; --per-category counts per background, CT-0 is each background unmodified",
     )
     parser.add_argument("--workers", type=int, default=1, help="processes (default 1)")
     parser.add_argument("--montage", metavar="FILE.png", help="also write a PNG montage, one study per category")
@@ -265,16 +331,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``synth``: bad options become :class:`InputError` naming the output folder."""
     try:
-        manifest = generate_cohort(
-            args.out_dir,
-            per_category=args.per_category,
-            categories=args.categories,
-            seed=args.seed,
-            matrix=args.matrix,
-            workers=args.workers,
-            progress=not args.no_progress,
-            scanner=args.scanner,
-        )
+        if args.backgrounds:
+            if args.matrix or args.scanner != "mosmed":
+                raise ValueError("--backgrounds keeps each background's scanner and geometry: drop --matrix, --scanner")
+            manifest = generate_from_backgrounds(
+                args.out_dir,
+                args.backgrounds,
+                per_category=args.per_category,
+                categories=args.categories,
+                seed=args.seed,
+                progress=not args.no_progress,
+            )
+        else:
+            manifest = generate_cohort(
+                args.out_dir,
+                per_category=args.per_category,
+                categories=args.categories,
+                seed=args.seed,
+                matrix=args.matrix,
+                workers=args.workers,
+                progress=not args.no_progress,
+                scanner=args.scanner,
+            )
     except ValueError as err:
         if isinstance(err, InputError):
             raise

@@ -4,9 +4,12 @@ One study is a non-contrast chest CT. The scanner profile ``"mosmed"`` (default)
 MosMedData geometry: ``matrix x matrix x (33-54)`` voxels, in-plane pixel 0.58-1.15 mm (at a 512
 matrix), 8 mm slices, LAS orientation, int16 HU. The profile ``"shifted"`` draws the scanner from
 another distribution (2.5-5 mm slices over the same 264-432 mm coverage, RAS orientation, lower
-noise, sharper kernels, other padding, a 384 default matrix) while patient and lesions keep theirs.
+noise, sharper kernels, other padding, a 384 default matrix) while patient and lesions keep theirs. The
+profile ``"foreign"`` changes everything: 5 mm LPS slices, low-dose sharp reconstructions, other patients
+(anatomy, lung texture) and another mix of lesion patterns (:data:`SCANNERS`).
 Voxel arrays are built as ``(x, y, z)`` = (towards patient left, towards anterior, towards superior)
-and flipped along x for RAS output.
+and flipped along x for R and along y for P output orientations. Lesions are drawn and painted by
+:mod:`pipeline.synth.lesions`.
 
 Anatomy and smooth random fields are built on a working grid of at most 256 pixels a side and
 upsampled bilinearly; scanner noise is added at full resolution. Every random draw comes from the
@@ -17,23 +20,16 @@ systematic difference between categories is the opacity burden in the lungs.
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-#: MosMedData categories and the fraction of lung parenchyma involved (lower, upper bound).
-CATEGORY_BANDS: dict[str, tuple[float, float]] = {
-    "CT-0": (0.0, 0.0),
-    "CT-1": (0.0, 0.25),
-    "CT-2": (0.25, 0.50),
-    "CT-3": (0.50, 0.75),
-    "CT-4": (0.75, 1.0),
-}
-#: Fractions drawn for the target involvement stay this far inside each band.
-BAND_MARGIN = 0.04
+from pipeline.synth.fields import _upsample_variance, blob_field, smooth_field, splat, upsample
+from pipeline.synth.lesions import CATEGORY_BANDS, draw_lesions, paint_lesions
+
 SLICE_SPACING_MM = 8.0
 #: Slice counts and in-plane pixel spacing (mm, at a 512 matrix) seen in MosMedData.
 SLICE_RANGE = (33, 54)
@@ -78,8 +74,16 @@ class ScannerProfile:
         kernel_p: their probabilities; ``None`` = uniform.
         noise_hu: (low, high) standard deviation of the scanner noise in HU.
         padding_hu: values written outside the reconstructed circle, drawn uniformly.
-        orientation: ``"LAS"`` or ``"RAS"`` axis codes of the saved arrays.
+        orientation: ``"LAS"``, ``"RAS"`` or ``"LPS"`` axis codes of the saved arrays.
         matrix: in-plane size used when the caller gives none.
+        anatomy: (low, high) ranges that replace the default uniform draws of the patient's anatomy and
+            lung texture, by name (keys of :data:`ANATOMY_RANGES`); empty = the MosMedData-like patients.
+        lesion_rates: primary lesion-pattern rates per category instead of
+            :data:`pipeline.synth.lesions.PRIMARY_RATES`; ``None`` = those.
+        lesion_hu_shift: (low, high) of a uniform shift of every lesion HU level, drawn per study.
+
+    Only a profile with ``anatomy``, ``lesion_rates`` or ``lesion_hu_shift`` changes the patients and lesions
+    (``"foreign"``); ``"mosmed"`` and ``"shifted"`` differ in scanner settings alone.
     """
 
     name: str
@@ -90,6 +94,39 @@ class ScannerProfile:
     padding_hu: tuple[int, ...]
     orientation: str
     matrix: int
+    anatomy: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    lesion_rates: Mapping[str, Mapping[str, float]] | None = None
+    lesion_hu_shift: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.anatomy) - set(ANATOMY_RANGES)
+        if unknown or self.orientation not in ORIENTATIONS:
+            raise ValueError(
+                f"profile {self.name!r}: unknown anatomy {sorted(unknown)} or orientation {self.orientation!r}"
+            )
+
+
+#: The patient's anatomy and lung texture, drawn uniformly in these (low, high) ranges unless a profile's
+#: ``anatomy`` replaces them (lung heights in mm, HU levels and amplitudes, scales as factors).
+ANATOMY_RANGES: dict[str, tuple[float, float]] = {
+    "lung_height_mm": LUNG_HEIGHT_MM,
+    "body_a": (145.0, 185.0),
+    "body_b_ratio": (0.62, 0.78),
+    "fat_mm": (3.0, 16.0),
+    "muscle_mm": (5.0, 11.0),
+    "lung_hu_offset": (-10.0, 10.0),
+    "lung_texture_hu": (6.0, 12.0),
+    "lung_lobular_hu": (12.0, 24.0),
+    "lung_regional_hu": (4.0, 12.0),
+    "dependent_hu": (15.0, 75.0),
+    "ap_gradient_hu": (0.0, 60.0),
+    "mediastinum_mm": (18.0, 28.0),
+    "heart_scale": (0.9, 1.15),
+    "vessel_root_mm": (4.5, 6.0),
+    "vessel_hu": (30.0, 50.0),
+}
+#: Axis codes a profile may save in; arrays are built LAS and mirrored along x (R) or y (P).
+ORIENTATIONS = ("LAS", "RAS", "LPS")
 
 
 SCANNERS: dict[str, ScannerProfile] = {
@@ -113,6 +150,69 @@ SCANNERS: dict[str, ScannerProfile] = {
         orientation="RAS",
         matrix=384,
     ),
+    # deliberately unlike the training generator: 5 mm LPS slices, sharp low-dose reconstructions, other
+    # patients (sizes, heart, denser and coarser lungs) and another mix of lesion patterns and densities
+    "foreign": ScannerProfile(
+        name="foreign",
+        slice_mm=(5.0, 5.0),
+        kernels=("sharp", "lung", "smooth"),
+        kernel_p=(0.45, 0.45, 0.1),
+        noise_hu=(15.0, 35.0),
+        padding_hu=(-1000, -2000),
+        orientation="LPS",
+        matrix=512,
+        anatomy={
+            "lung_height_mm": (190.0, 300.0),
+            "body_a": (130.0, 200.0),
+            "body_b_ratio": (0.55, 0.85),
+            "fat_mm": (2.0, 28.0),
+            "lung_hu_offset": (0.0, 40.0),
+            "lung_texture_hu": (10.0, 20.0),
+            "lung_lobular_hu": (20.0, 36.0),
+            "lung_regional_hu": (8.0, 20.0),
+            "dependent_hu": (40.0, 130.0),
+            "mediastinum_mm": (22.0, 34.0),
+            "heart_scale": (1.05, 1.35),
+            "vessel_root_mm": (5.5, 7.0),
+        },
+        lesion_rates={
+            "CT-1": {
+                "round_ggo": 0.2,
+                "subpleural": 0.15,
+                "patchy_ggo": 0.2,
+                "crazy_paving": 0.05,
+                "organizing": 0.05,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.2,
+            },
+            "CT-2": {
+                "patchy_ggo": 0.2,
+                "round_ggo": 0.05,
+                "subpleural": 0.05,
+                "crazy_paving": 0.1,
+                "organizing": 0.1,
+                "diffuse_reticular": 0.2,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.15,
+            },
+            "CT-3": {
+                "patchy_ggo": 0.2,
+                "crazy_paving": 0.1,
+                "organizing": 0.05,
+                "diffuse_reticular": 0.35,
+                "lobar": 0.15,
+                "bronchopneumonia": 0.15,
+            },
+            "CT-4": {
+                "patchy_ggo": 0.25,
+                "crazy_paving": 0.1,
+                "diffuse_reticular": 0.5,
+                "lobar": 0.1,
+                "bronchopneumonia": 0.05,
+            },
+        },
+        lesion_hu_shift=(-60.0, 40.0),
+    ),
 }
 
 
@@ -133,7 +233,8 @@ class SyntheticStudy:
         image: int16 HU, shape ``(matrix, matrix, slices)`` in (x, y, z) voxel order as saved.
         mask: uint8 lesion mask (1 = opacity), same shape.
         affine: 4x4 voxel-to-world (RAS mm) matrix; axis codes those of the scanner profile,
-            ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``.
+            ``("L", "A", "S")`` for ``"mosmed"``, ``("R", "A", "S")`` for ``"shifted"``, ``("L", "P", "S")`` for
+            ``"foreign"``.
         lesion_fraction: lesion voxels / lung voxels, measured on ``mask``.
         params: every drawn parameter (patient, scanner, mimics, lesions), JSON-serialisable.
         mimic_mask: bool, same shape: the solid mimics (nodules, mass, scars, plate atelectasis),
@@ -161,48 +262,6 @@ def check_matrix(matrix: int) -> int:
     return next(f for f in (1, 2, 4) if matrix // f <= WORK_MAX)
 
 
-def upsample(a: np.ndarray, factor: int) -> np.ndarray:
-    """Bilinear in-plane upsampling by an integer ``factor`` (pixel-area aligned, edges replicated).
-
-    ``(W, W, Z) -> (W*factor, W*factor, Z)``, float32.
-    """
-    if factor == 1:
-        return a
-    for axis in (0, 1):
-        prev = np.concatenate([a.take([0], axis), a.take(range(a.shape[axis] - 1), axis)], axis)
-        nxt = np.concatenate([a.take(range(1, a.shape[axis]), axis), a.take([-1], axis)], axis)
-        parts = []
-        for s in range(factor):
-            o = (s + 0.5) / factor - 0.5
-            other = prev if o < 0 else nxt
-            parts.append((1 - abs(o)) * a + abs(o) * other)
-        a = np.stack(parts, axis=axis + 1)
-        shape = list(a.shape)
-        shape[axis : axis + 2] = [shape[axis] * factor]
-        a = a.reshape(shape)
-    return a.astype(np.float32, copy=False)
-
-
-def _upsample_variance(factor: int) -> float:
-    """Variance kept when white noise is upsampled by :func:`upsample` (both axes)."""
-    per_axis = np.mean([(1 - abs(o)) ** 2 + o**2 for o in ((np.arange(factor) + 0.5) / factor - 0.5)])
-    return float(per_axis**2)
-
-
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], sigma_mm: float, spacing) -> np.ndarray:
-    """Gaussian random field with unit std and correlation length ``sigma_mm``; float32 ``shape``.
-
-    Drawn on a grid coarse enough for ``sigma_mm``, filtered, and upsampled bilinearly (:func:`upsample`).
-    """
-    px, pz = spacing[0], spacing[2]
-    step = max(1, int(sigma_mm / (2 * px)))
-    coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
-    noise = rng.standard_normal(coarse, dtype=np.float32)
-    noise = ndimage.gaussian_filter(noise, (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,), mode="wrap")
-    out = upsample(noise, step)[: shape[0], : shape[1]]
-    return ((out - out.mean()) / (out.std() + 1e-6)).astype(np.float32)
-
-
 #: Findings that mimic disease, drawn in EVERY category at these rates from the nuisance stream (so
 #: they carry no label) and never part of the lesion mask: name -> probability per study.
 MIMIC_RATES: dict[str, float] = {
@@ -217,25 +276,21 @@ MIMIC_RATES: dict[str, float] = {
 }
 #: Rates of the other nuisance findings outside the lungs.
 ARMS_DOWN_P = 0.30
+#: Gas under the diaphragm: a stomach bubble under the left dome, colon flexures under both domes.
+STOMACH_GAS_P = 0.80
+COLON_GAS_P = 0.70
 BREASTS_P = 0.35
 CONTRAST_P = 0.30
 COUCHES = ("flat", "curved", "double")
-#: Keys of :func:`draw_lesions`: the only parameters that depend on the category.
+#: Keys of :func:`pipeline.synth.lesions.draw_lesions`: the only parameters that depend on the category.
 LESION_KEYS = (
     "target_fraction",
-    "n_patches",
-    "ggo_hu",
-    "ggo_var_hu",
-    "margin_mm",
-    "consolidation_share",
-    "consolidation_hu",
-    "crazy_paving",
-    "paving_hu",
-    "subpleural_lines",
+    "patterns",
     "peripheral_weight",
     "posterior_weight",
     "basal_weight",
     "left_right_bias",
+    "lesions",
 )
 
 
@@ -249,11 +304,15 @@ def draw_nuisance(
     the coverage is ``n_slices`` times the spacing).
     """
     u = rng.uniform
+
+    def r(name: str) -> float:
+        return u(*scanner.anatomy.get(name, ANATOMY_RANGES[name]))
+
     pixel_512 = u(*PIXEL_RANGE_512)
     fov = 512 * pixel_512
     # lung height (costophrenic recess to apex) drawn on its own, then the scan planned around it as
     # in MosMedData: from above the apices (lower neck) to below the costophrenic recesses (upper abdomen)
-    lung_height = u(*LUNG_HEIGHT_MM)
+    lung_height = r("lung_height_mm")
     below_mm = u(*BELOW_LUNG_MM)
     above_mm = u(*ABOVE_LUNG_MM)
     kernel = str(rng.choice(list(scanner.kernels), p=scanner.kernel_p))
@@ -264,10 +323,10 @@ def draw_nuisance(
         "pixel_mm": fov / matrix,
         "fov_mm": fov,
         # body: lateral / AP semi-axes (mm), capped so the lungs stay in the field of view
-        "body_a": min(u(145.0, 185.0), 0.52 * fov),
-        "body_b_ratio": u(0.62, 0.78),
-        "fat_mm": u(3.0, 16.0),
-        "muscle_mm": u(5.0, 11.0),
+        "body_a": min(r("body_a"), 0.52 * fov),
+        "body_b_ratio": r("body_b_ratio"),
+        "fat_mm": r("fat_mm"),
+        "muscle_mm": r("muscle_mm"),
         "rotation_deg": u(-6.0, 6.0),
         "shift_x_mm": u(-15.0, 15.0),
         "shift_y_mm": u(-25.0, 10.0),
@@ -276,17 +335,18 @@ def draw_nuisance(
         "inspiration": inspiration,
         "dome_mm": 50.0 - 20.0 * inspiration + u(-6.0, 6.0),
         "right_dome_extra_mm": u(5.0, 20.0),
-        "lung_hu": -790.0 - 75.0 * inspiration + u(-12.0, 12.0),
-        "lung_texture_hu": u(6.0, 12.0),
+        # full inspiration reaches -920 HU parenchyma (a lung median near -880 HU with vessels), shallow -800
+        "lung_hu": -815.0 - 125.0 * inspiration + r("lung_hu_offset"),
+        "lung_texture_hu": r("lung_texture_hu"),
         # secondary-lobule-scale heterogeneity (5-15 mm): lobules, small vessels below the resolution
-        "lung_lobular_hu": u(12.0, 24.0),
-        "lung_regional_hu": u(4.0, 12.0),
-        "dependent_hu": u(15.0, 75.0),
+        "lung_lobular_hu": r("lung_lobular_hu"),
+        "lung_regional_hu": r("lung_regional_hu"),
+        "dependent_hu": r("dependent_hu"),
         "dependent_mm": u(6.0, 16.0),
-        "mediastinum_mm": u(18.0, 28.0),
-        "heart_scale": u(0.9, 1.15),
-        "vessel_root_mm": u(4.5, 6.0),
-        "vessel_hu": u(30.0, 50.0),
+        "mediastinum_mm": r("mediastinum_mm"),
+        "heart_scale": r("heart_scale"),
+        "vessel_root_mm": r("vessel_root_mm"),
+        "vessel_hu": r("vessel_hu"),
         "fissure_tilt": u(0.8, 1.3),
         "fat_hu": u(-115.0, -85.0),
         "muscle_hu": u(38.0, 55.0),
@@ -330,6 +390,15 @@ def draw_nuisance(
     top_margin = (n - 1) * dz - below_mm - lung_height
     p.update(slice_mm=dz, n_slices=n, coverage_mm=extent, lung_base_mm=below_mm, lung_height_mm=lung_height)
     p["top_margin_mm"] = top_margin
+    # drawn last, so that every earlier draw of a seed is what it was before they came
+    p.update(
+        # supine gravity gradient across the whole lung, front to back
+        ap_gradient_hu=r("ap_gradient_hu"),
+        # slice sensitivity profile (effective thickness / spacing): partial volume at the domes
+        slice_profile=u(1.0, 1.5),
+        stomach_gas=bool(rng.random() < STOMACH_GAS_P),
+        colon_gas=bool(rng.random() < COLON_GAS_P),
+    )
     return p
 
 
@@ -337,40 +406,6 @@ def mimics_of(params: dict[str, Any]) -> str:
     """The mimics present in a study, ``"+"``-joined (``"none"`` if none), from its params."""
     names = [name for name in MIMIC_RATES if params.get(f"mimic_{name}")]
     return "+".join(names) or "none"
-
-
-def draw_lesions(rng: np.random.Generator, category: str) -> dict[str, Any]:
-    """Draw the opacity burden and appearance for ``category`` (own random stream).
-
-    CT-1 involvement is log-uniform in 1-22 % of the lung (three in four below 10 %: one to a few
-    small patches); the other bands are uniform inside their MosMedData band.
-    """
-    lo, hi = CATEGORY_BANDS[category]
-    if hi == 0.0:
-        return {"target_fraction": 0.0}
-    u = rng.uniform
-    if category == "CT-1":
-        target = float(np.exp(u(np.log(0.01), np.log(hi - 0.03))))
-    else:
-        target = u(lo + BAND_MARGIN, hi - BAND_MARGIN)
-    mild = category == "CT-1"
-    return {
-        "target_fraction": target,
-        "n_patches": int(1 + rng.poisson(1.5 + 40.0 * target)),
-        # diffuse (CT-4) ground glass is fainter on the whole: some lung stays aerated (below -600 HU)
-        "ggo_hu": u(-720.0, -580.0) if category == "CT-4" else u(-650.0, -380.0),
-        "ggo_var_hu": u(20.0, 60.0),
-        "margin_mm": u(2.0, 5.0),
-        "consolidation_share": u(0.0, 0.08) if mild else u(0.0, 0.25),
-        "consolidation_hu": u(-120.0, 30.0),
-        "crazy_paving": bool(rng.random() < 0.3),
-        "paving_hu": u(80.0, 180.0),
-        "subpleural_lines": bool(rng.random() < 0.35),
-        "peripheral_weight": u(1.5, 3.0),
-        "posterior_weight": u(0.3, 1.2),
-        "basal_weight": u(0.3, 1.2),
-        "left_right_bias": u(-0.5, 0.5),
-    }
 
 
 def _vessel_tree(rng: np.random.Generator, root_mm: float, hila: list[np.ndarray], step_mm: float, min_mm=0.5):
@@ -425,44 +460,6 @@ def _vessel_tree(rng: np.random.Generator, root_mm: float, hila: list[np.ndarray
     return np.concatenate(points), np.concatenate(point_radii), np.concatenate(point_dirs)
 
 
-def _splat(points, radii, to_index, shape, pixel: float, dz: float, classes=(0.8, 1.6, 3.0)) -> np.ndarray:
-    """Volume fraction per voxel (``pixel`` x ``pixel`` x ``dz`` mm) of tubes along ``points``: each
-    point deposits its share of ``pi r^2 dl`` (``dl`` = half a pixel) and is spread in-plane by a
-    Gaussian of the same area (so thin vessels get partial volume); one filter per radius class."""
-    if not len(points):
-        return np.zeros(shape, np.float32)
-    idx = to_index(points)
-    inside = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-    idx, radii = idx[inside], radii[inside]
-    flat = np.ravel_multi_index(idx.T, shape)
-    step = pixel / 2
-    fraction = np.zeros(shape, np.float32)
-    edges = (0.0, *classes, np.inf)
-    for lo, hi in itertools.pairwise(edges):
-        sel = (radii >= lo) & (radii < hi)
-        if not sel.any():
-            continue
-        volume = np.pi * radii[sel] ** 2 * step / (pixel**2 * dz)
-        grid = np.bincount(flat[sel], volume, minlength=fraction.size).reshape(shape).astype(np.float32)
-        sigma = max(np.median(radii[sel]) / np.sqrt(2) / pixel, 0.5)
-        fraction += ndimage.gaussian_filter(grid, (sigma, sigma, 0), truncate=3.0)
-    return np.clip(fraction, 0.0, 1.0)
-
-
-def _blob_field(shape, idx: np.ndarray, weights: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
-    """Sum of Gaussian blobs (peak ``weights``, std ``sigma_mm``) at voxel indices ``idx`` (N, 3),
-    built on a grid coarse enough for ``sigma_mm`` and upsampled; float32 ``shape``."""
-    px, pz = spacing[0], spacing[2]
-    step = max(1, int(sigma_mm / (2 * px)))
-    coarse = (-(-shape[0] // step), -(-shape[1] // step), shape[2])
-    grid = np.zeros(coarse, np.float32)
-    np.add.at(grid, (idx[:, 0] // step, idx[:, 1] // step, idx[:, 2]), weights.astype(np.float32))
-    sig = (sigma_mm / (step * px),) * 2 + (sigma_mm / pz,)
-    grid = ndimage.gaussian_filter(grid, sig, mode="constant", truncate=3.0)
-    grid *= np.float32((2 * np.pi) ** 1.5 * np.prod(sig))
-    return upsample(grid, step)[: shape[0], : shape[1]]
-
-
 def _lines(gx, gy, x0: float, y0: float, angles, amps, width: float, decay: float) -> np.ndarray:
     """Streaks: lines through (x0, y0) (mm) at ``angles`` with amplitudes ``amps`` (HU), Gaussian
     cross-section ``width`` mm, fading with distance from the source over ``decay`` mm; 2D float32."""
@@ -474,12 +471,45 @@ def _lines(gx, gy, x0: float, y0: float, angles, amps, width: float, decay: floa
     return out * np.exp(-np.sqrt(dx**2 + dy**2) / np.float32(decay))
 
 
+def _abdominal_gas(rng, p, hu, x, y, zz, cavity, dome, side_x: float, lateral: float, b: float, spacing) -> None:
+    """Paint gas (in place, slices below the domes only, 5 mm under the diaphragm): a stomach with an
+    air-fluid level under the left dome and gas-filled colon loops (splenic and hepatic flexures) with
+    mottled stool; never lung, never lesion."""
+    ks = np.flatnonzero(zz < dome.max())
+    if not len(ks) or not (p["stomach_gas"] or p["colon_gas"]):
+        return
+    sub = np.s_[:, :, ks[0] : ks[-1] + 1]
+    z = zz[sub[2]][None, None, :]
+    under = cavity[sub] & (z < dome[sub] - 5.0)
+    gas = np.zeros(under.shape, bool)
+    fluid = np.zeros(under.shape, bool)
+    base = p["lung_base_mm"]
+    if p["stomach_gas"]:
+        axes = rng.uniform(0.6, 1.0) * np.array([45.0, 0.3 * b, 30.0])
+        top = base + p["dome_mm"] - 8.0
+        centre = (side_x + rng.uniform(-10.0, 10.0), 0.15 * b, top - axes[2])
+        e = ((x - centre[0]) / axes[0]) ** 2 + ((y - centre[1]) / axes[1]) ** 2
+        stomach = e[..., None] + ((z - centre[2]) / axes[2]) ** 2 < 1
+        level = centre[2] + axes[2] * rng.uniform(-0.2, 0.5)
+        gas |= stomach & (z > level)
+        fluid |= stomach & (z <= level)
+    if p["colon_gas"]:
+        mottle = smooth_field(rng, under.shape, 3.0, spacing) > -0.3
+        for sx, sy in ((0.8, 0.3), (-0.75, 0.45)):
+            r = rng.uniform(8.0, 16.0)
+            loop = ((x - sx * lateral) ** 2 + (y - sy * b) ** 2 < r**2)[..., None]
+            gas |= loop & mottle
+            fluid |= loop & ~mottle
+    hu[sub] = np.where(under & gas, AIR_HU, np.where(under & fluid, 15.0, hu[sub]))
+
+
 def generate_study(
     category: str,
     rng_seed: int | np.random.SeedSequence,
     matrix: int | None = None,
     _n_slices: int | None = None,
     scanner: str | ScannerProfile = "mosmed",
+    patterns: Sequence[str] | None = None,
 ) -> SyntheticStudy:
     """Generate one synthetic chest CT of MosMedData ``category`` ("CT-0" ... "CT-4").
 
@@ -491,6 +521,8 @@ def generate_study(
         _n_slices: force the slice count (tests use few slices); otherwise 33-54 at 8 mm for
             ``"mosmed"``, the same coverage at the profile's spacing for others.
         scanner: a name in :data:`SCANNERS` or a :class:`ScannerProfile`; sets only scanner settings.
+        patterns: force these lesion patterns (names in :data:`pipeline.synth.lesions.PATTERNS`, the first
+            the primary) instead of drawing them; the involvement stays that of ``category``.
 
     Returns:
         the :class:`SyntheticStudy`.
@@ -506,7 +538,9 @@ def generate_study(
     )
     rng = np.random.default_rng(nuisance_seq)
     p = draw_nuisance(rng, matrix, _n_slices, profile)
-    lesion = draw_lesions(np.random.default_rng(lesion_seq), category)
+    lesion = draw_lesions(
+        np.random.default_rng(lesion_seq), category, patterns, profile.lesion_rates, profile.lesion_hu_shift
+    )
 
     work = matrix // factor
     px = p["fov_mm"] / work
@@ -616,7 +650,10 @@ def generate_study(
     for sx, extra in ((-side_x, p["right_dome_extra_mm"]), (side_x, 0.0)):
         bump = 1 - ((x - sx) / (0.85 * lateral)) ** 2 - ((y - 0.1 * b) / (0.9 * b)) ** 2
         dome = np.maximum(dome, (base + (p["dome_mm"] + extra) * np.clip(bump, 0, 1))[..., None])
-    above = np.clip((z + dz / 2 - dome) / dz, 0, 1)  # partial volume of lung above the dome in the slice
+    # partial volume of lung above the dome in the slice (its sensitivity profile a little wider than the
+    # spacing): the dome tops show as round hazy areas in the basal slices
+    thick = p["slice_profile"] * dz
+    above = np.clip((z + thick / 2 - dome) / thick, 0, 1)
     s_apex = np.clip((z - (apex - 80.0)) / 80.0, 0, 1)
     apex_shrink = 0.7 * lateral * (1 - np.sqrt(1 - s_apex**2))
     cavity = (cavity_depth > 0) & (z < apex + 30)
@@ -643,6 +680,7 @@ def generate_study(
     inside = np.where(heart, np.where(med_tex > 1.2, p["fat_hu"], chambers), inside)
     inside = np.where(aorta, blood, inside)
     hu = np.where(cavity_depth > 0, inside, hu)
+    _abdominal_gas(rng, p, hu, x, y, zz, cavity_depth > 0, dome, side_x, lateral, b, spacing)
 
     # spine and sternum
     canal = np.sqrt(x**2 + (y - spine_y + 28) ** 2)
@@ -689,6 +727,7 @@ def generate_study(
     basal = np.clip((base + p["dome_mm"] + 40 - z) / 80.0, 0, 1)
     posterior = 1 / (1 + np.exp(yc / 20.0))
     dependent = p["dependent_hu"] * np.exp(-cdepth / p["dependent_mm"]) * posterior * (0.4 + 0.6 * basal)
+    dependent = dependent + p["ap_gradient_hu"] * np.clip(0.5 - yc / (2 * b), 0, 1)
     if p["mimic_dependent_band"]:
         band_hu, band_mm = rng.uniform(120.0, 300.0), rng.uniform(5.0, 12.0)
         dependent = dependent + band_hu * np.exp(-cdepth / band_mm) * (1 / (1 + np.exp((yc + 0.25 * b) / 8.0))) * (
@@ -725,58 +764,19 @@ def generate_study(
         n_holes = int(rng.uniform(0.003, 0.012) * len(lung_idx))
         sel = pick(np.clip(rel_z, 0.05, 1) ** 2, n_holes)
         hole_mm = rng.uniform(1.5, 3.0)
-        holes = np.minimum(_blob_field(cshape, lung_idx[sel], np.ones(len(sel)), hole_mm, spacing) * 1.5, 1)
+        holes = np.minimum(blob_field(cshape, lung_idx[sel], np.ones(len(sel)), hole_mm, spacing) * 1.5, 1)
         lung_hu = lung_hu * (1 - holes) + holes * (-985.0 + 5 * lung_tex)
 
     # ---- opacities (category-dependent: their own streams) ----
     lesion_mask_c = np.zeros(cshape, bool)
     if lesion["target_fraction"] > 0 and len(lung_idx):
-        lrng = np.random.default_rng(texture_seq)
-        depth_l = cdepth[lung_idx[:, 0], lung_idx[:, 1], 0]
-        w = (
-            lesion["peripheral_weight"] * np.exp(-depth_l / 15.0)
-            + lesion["posterior_weight"] * np.clip(0.5 - lung_xyz[:, 1] / (2 * b), 0, 1)
-            + lesion["basal_weight"] * np.clip(1 - rel_z, 0, 1)
-        ) * (1 + lesion["left_right_bias"] * np.sign(lung_xyz[:, 0]))
-        n = lesion["n_patches"]
-        centres = lung_idx[pick(w**2, n, lrng)]
-        # blob size so that n blobs cover about the target share of this lung (a blob's core ~ 14 sigma^3)
-        lung_mm3 = len(lung_idx) * px * px * dz
-        sigma = (1.5 * lesion["target_fraction"] * lung_mm3 / (14.0 * n)) ** (1 / 3)
-        sizes = np.clip(sigma * lrng.uniform(0.6, 1.4, n), 3.0, 40.0)
-        heights = lrng.uniform(0.5, 1.0, n)
-        score = np.zeros(cshape, np.float32)
-        for lo, hi in ((0, 9), (9, 14), (14, np.inf)):
-            sel = (sizes >= lo) & (sizes < hi)
-            if sel.any():
-                score += _blob_field(cshape, centres[sel], heights[sel], float(np.median(sizes[sel])), spacing)
-        irregular = smooth_field(lrng, cshape, 6.0, spacing)
-        score = score * (1 + 0.3 * irregular) + 0.01 * np.exp(-cdepth / 20.0)
-        values = score[lung_c]
-        thr = np.quantile(values, 1 - lesion["target_fraction"])
-        # soft margin: the score falls by ``width`` over about ``margin_mm`` at a blob's edge
-        width = max(float(thr) * 1.5 * lesion["margin_mm"] / sigma, 1e-4)
-        amount = np.clip(0.5 + (score - thr) / (2 * width), 0, 1)
-        # ground glass: rises smoothly from the margin to ggo_hu (+- a regional variation)
-        ggo = lesion["ggo_hu"] + lesion["ggo_var_hu"] * irregular
-        opac = lung_hu + amount * (ggo - p["lung_hu"])
-        if lesion["crazy_paving"]:
-            net = smooth_field(lrng, cshape, 2.5, spacing)
-            opac = opac + lesion["paving_hu"] * np.exp(-((net / 0.2) ** 2)) * amount
-        if lesion["subpleural_lines"]:
-            d0 = lrng.uniform(4.0, 10.0)
-            opac = opac + 250.0 * np.exp(-(((cdepth - d0) / 1.2) ** 2)) * np.clip(2 * amount, 0, 1) * posterior
-        core = np.quantile(values[values > thr], 1 - lesion["consolidation_share"]) if (values > thr).any() else thr
-        cons = np.clip(0.5 + (score - core) / (6 * width), 0, 1) * (lesion["consolidation_share"] > 0.02)
-        opac = opac * (1 - cons) + cons * (lesion["consolidation_hu"] + 10 * lung_tex)
-        lung_hu = opac
-        lesion_mask_c = lung_c & (score > thr)
+        lung_hu, lesion_mask_c = paint_lesions(np.random.default_rng(texture_seq), lesion, lung_hu, lung_c, spacing)
 
     # ---- vessels, bronchi and fissures ----
     hilum_z = carina - 20.0
     hila = [np.array([s * (p["mediastinum_mm"] + 12), spine_y + 45.0, hilum_z]) for s in (-1.0, 1.0)]
     pts, radii, dirs = _vessel_tree(rng, p["vessel_root_mm"], hila, px / 2)
-    vessels = _splat(pts, radii, to_crop, cshape, px, dz) * space_c
+    vessels = splat(pts, radii, to_crop, cshape, px, dz) * space_c
     vessel_hu = 0.8 * p["contrast_hu"] if p["contrast"] else p["vessel_hu"]
     lung_hu = lung_hu * (1 - vessels) + vessel_hu * vessels
     # bronchi beside the arteries (radius >= 1.2 mm): air lumen, soft-tissue wall
@@ -786,8 +786,8 @@ def generate_study(
     rb = 0.85 * radii[big]
     wall_mm = 0.25 * rb + 0.3
     centre = pts[big] + side * (radii[big] + rb + wall_mm)[:, None]
-    lumen = _splat(centre, rb, to_crop, cshape, px, dz, (2.0,)) * space_c
-    outer = _splat(centre, rb + wall_mm, to_crop, cshape, px, dz, (2.0,)) * space_c
+    lumen = splat(centre, rb, to_crop, cshape, px, dz, (2.0,)) * space_c
+    outer = splat(centre, rb + wall_mm, to_crop, cshape, px, dz, (2.0,)) * space_c
     bwall = np.clip(outer - lumen, 0, 1)
     lung_hu = lung_hu * (1 - lumen) + AIR_HU * lumen
     lung_hu = lung_hu * (1 - bwall) + 20.0 * bwall
@@ -831,7 +831,7 @@ def generate_study(
             strand_r.append(np.full(len(plate), rng.uniform(1.0, 2.0)))
     solid = np.zeros(cshape, np.float32)
     if strands:
-        solid = _splat(np.concatenate(strands), np.concatenate(strand_r), to_crop, cshape, px, dz, (1.5,)) * space_c
+        solid = splat(np.concatenate(strands), np.concatenate(strand_r), to_crop, cshape, px, dz, (1.5,)) * space_c
         lung_hu = lung_hu * (1 - solid) + solid * (solid_hu + 10 * lung_tex)
     nodules = []
     if p["mimic_nodule"]:
@@ -942,12 +942,12 @@ def generate_study(
     half = (matrix - 1) / 2 * p["pixel_mm"]
     affine = np.diag([-p["pixel_mm"], p["pixel_mm"], dz, 1.0])
     affine[:3, 3] = [half, -half, p["origin_z_mm"]]
-    if profile.orientation == "RAS":
-        # same voxels in the world, stored from patient right to left
-        image, mask = np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
-        mimic_full = np.ascontiguousarray(mimic_full[::-1])
-        lung_full = np.ascontiguousarray(lung_full[::-1])
-        affine[0, 0], affine[0, 3] = p["pixel_mm"], -half
+    # same voxels in the world, stored from patient right to left (R) or from front to back (P)
+    for axis, code in ((0, "R"), (1, "P")):
+        if profile.orientation[axis] == code:
+            image, mask, mimic_full, lung_full = (np.flip(a, axis) for a in (image, mask, mimic_full, lung_full))
+            affine[axis, axis], affine[axis, 3] = -affine[axis, axis], -affine[axis, 3]
+    image, mask, mimic_full, lung_full = map(np.ascontiguousarray, (image, mask, mimic_full, lung_full))
     params = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in {**p, **lesion}.items()}
     params["mimics"] = mimics_of(p)
     params["lung_voxels"] = int(lung_full.sum())
