@@ -30,7 +30,9 @@ On the working grid:
    slice (the apex), nor over more than ``UPPER_GAP_MM`` (a scapula or humerus taken for a rib). Then each
    slice is closed with a disk of ``CLOSE_MM`` (dense regions inside the lung and in its bays), cut
    ``CAGE_MARGIN_MM`` beyond the rib cage, and its holes are filled. Neither fill nor closing reaches within
-   ``MIDLINE_FILL_MM`` of the midline.
+   ``MIDLINE_FILL_MM`` of the midline. From the bottom slice up, a closed or filled component lying more than
+   ``DOME_SHARE`` over what is not in the mask in the slice below is dropped: the dome of the diaphragm, ringed
+   by the lung's base, with the liver, spleen or stomach under it.
 4. **White-out**: in a slice where one side's envelope holds less than ``MIRROR_RATIO`` of the other's, and the
    other is at least ``MIRROR_FULL`` of its own largest slice, the other side mirrored about the body's
    midline is added (a hemithorax dense from the chest wall to the mediastinum).
@@ -111,10 +113,13 @@ CLOSE_MM = 35.0
 #: White-out (module docstring, step 4).
 MIRROR_RATIO = 0.5
 MIRROR_FULL = 0.5
+#: A component closed or filled into a lung's slice is the dome of the diaphragm when more than this share of it
+#: lies over what is not in the mask in the slice below (module docstring, step 3).
+DOME_SHARE = 0.8
 #: A slice is in the thoracic cavity when its rib cage is found on at least this share of the rays.
 CAVITY_RAYS = 0.5
 #: :class:`LungMask` refuses lungs under ``MIN_CAVITY_SHARE`` of a thoracic cavity of at least ``MIN_CAVITY_ML``.
-#: Lungs fill 0.34-0.40 of the cavity on the synthetic chests of every category and profile, 0.42-0.49 on the
+#: Lungs fill 0.34-0.40 of the cavity on the synthetic chests of every category and profile, 0.39-0.48 on the
 #: real whole chests and 0.51-1.1 on the real 30 mm slabs: under 0.2 more than about half of the lungs is lost
 #: (two white lungs with aerated apices: 0.01-0.03). A cavity under 500 mL is too little chest to judge by.
 MIN_CAVITY_SHARE = 0.2
@@ -354,8 +359,25 @@ def _envelope(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int) -> np.ndar
     sub = env[box]
     grown = sub | (_closing(sub, g.spacing) & off_mid[box])
     grown &= g.body[box] & ((g.radius[box] < cage.ravel()[rays[box]] + CAGE_MARGIN_MM) | seed[box])
-    env[box] = _fill_slices(grown)
+    env[box] = _off_the_dome(_fill_slices(grown), sub)
     return env
+
+
+def _off_the_dome(grown: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """``grown`` less the in-plane components it added to ``lung`` (closing, holes) that lie mostly over what is not
+    in it in the slice below: the dome of the diaphragm, ringed by the lung's base in its lowest slices, with the
+    liver or stomach under it. Dense lung inside the lung lies over more of it (slices run bottom to top)."""
+    out = grown.copy()
+    for k in range(1, grown.shape[2]):
+        added = grown[..., k] & ~lung[..., k]
+        labels, n = ndimage.label(added)
+        if n == 0:
+            continue
+        over = np.bincount(labels[added & ~out[..., k - 1]], minlength=n + 1)
+        drop = over > DOME_SHARE * np.bincount(labels.ravel(), minlength=n + 1)
+        drop[0] = False
+        out[..., k] &= ~drop[labels]
+    return out
 
 
 def _gas_below(mask: np.ndarray, gas: np.ndarray) -> np.ndarray:

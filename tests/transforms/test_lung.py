@@ -198,8 +198,8 @@ def test_real_lungs_hold_little_soft_tissue_and_fill_their_chest(name):
     # soft tissue (above -300 HU) in lungs without dense disease is vessels, airway walls, fissures and the
     # partial volume at their edge: mediastinum, chest wall or liver in the mask would add far more
     soft = float((found.mask & (volume > -300)).sum() / found.mask.sum())
-    assert soft < 0.2, soft  # 0.13-0.18 today
-    assert found.lung_ml > 0.4 * found.cavity_ml  # 0.42-0.74: far from the refusal at 0.2
+    assert soft < 0.2, soft  # 0.11-0.18 today (0.14-0.18 before the dome and edge rules)
+    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.39-0.73: far from the refusal at 0.2
     assert LungMask(spacing)(volume[None]).shape == (1, *volume.shape)  # not refused
 
 
