@@ -5,9 +5,14 @@ series folder (shapes for a MosMedData study):
 
 1. ``LoadImaged`` ``(1, 512, 512, 33..54)`` HU, then ``CheckChestCTd`` (refuses what is not a chest CT in HU);
 2. ``Orientationd`` RAS;
-3. :class:`~pipeline.transforms.spatial.ResampleToSpacingd` to ``pixdim`` mm, anti-aliased, so 0.6 mm and 8 mm
-   scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm);
-4. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope;
+3. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope, on the scan's
+   own grid (``lung_grid="scan"``), where a diseased lung keeps the detail that finds it: resampled first, a
+   lung with reticulation and ground glass throughout lost three quarters of its mask. It refuses a study whose
+   lungs are implausibly small for the thoracic cavity in view;
+4. :class:`~pipeline.transforms.spatial.ResampleToSpacingd` of the image and the lung mask to ``pixdim`` mm,
+   anti-aliased, so 0.6 mm and 8 mm scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm); the mask,
+   a fraction of each voxel there, is read at 0.5 (``AsDiscreted``). ``lung_grid="pixdim"``, the chain before
+   issue 21, computes the mask after the resampling instead;
 5. ``CropForegroundd`` to the lungs' bounding box plus ``lung_margin_mm``;
 6. :class:`HUWindowd`: HU ``hu_window`` to [0, 1], clipped (``ScaleIntensityRanged``'s floats);
 7. outside the lungs: ``"air"`` sets it to 0 (air, -1000 HU; in the same :class:`HUWindowd`, as ``MaskIntensityd``
@@ -18,7 +23,7 @@ series folder (shapes for a MosMedData study):
    engine casts to float32 on the device, so all routes feed the network the same tensor).
 
 With ``lesion=True`` (networks with a lesion output, :func:`pipeline.networks.nets.has_lesion_output`) the
-item's lesion mask ``"mask"`` (a file path, when the study has one) follows the image through steps 2-5 and 8
+item's lesion mask ``"mask"`` (a file path, when the study has one) follows the image through steps 2, 4, 5 and 8
 (trilinear: a fraction of each voxel), the lung mask ``"lung"`` is kept (resized the same way) for the
 involvement, and :class:`LesionMaskd` gives studies without a mask an empty one with ``"has_mask"`` 0 (1 for a
 study labelled normal: it has no lesions), so every item has ``"image"``, ``"lung"``, ``"mask"`` of the same
@@ -56,6 +61,7 @@ from pipeline.transforms.spatial import ResampleToSpacingd, SmoothResized
 __all__ = [
     "HAS_MASK",
     "LUNG",
+    "LUNG_GRIDS",
     "MASK",
     "OUTSIDE_LUNG",
     "RECORDED",
@@ -69,8 +75,10 @@ __all__ = [
 
 #: What happens to everything outside the lung mask.
 OUTSIDE_LUNG = ("air", "channel", "keep")
+#: Where the lung mask is computed: the scan's own grid (after ``Orientationd``) or the ``pixdim`` grid.
+LUNG_GRIDS = ("scan", "pixdim")
 #: The parameters of :func:`deterministic_transforms` that change what the network sees (the checkpoint records them).
-RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung")
+RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung", "lung_grid")
 #: Item keys of the lung mask, the lesion mask and whether the study has a lesion mask.
 LUNG, MASK, HAS_MASK = "lung", "mask", "has_mask"
 
@@ -191,6 +199,7 @@ def deterministic_transforms(
     pixdim: Sequence[float] = (2.0, 2.0, 4.0),
     lung_margin_mm: float = 10.0,
     outside_lung: str = "air",
+    lung_grid: str = "scan",
     dtype: torch.dtype = torch.float16,
     keys: str = "image",
     load: bool = True,
@@ -205,6 +214,8 @@ def deterministic_transforms(
         pixdim: spacing (mm) the scan is resampled to before the lung mask and the crop.
         lung_margin_mm: margin around the lungs' bounding box.
         outside_lung: one of :data:`OUTSIDE_LUNG`.
+        lung_grid: one of :data:`LUNG_GRIDS`: the lung mask on the scan's own grid, carried to ``pixdim`` with the
+            image (``"scan"``), or computed on the ``pixdim`` grid (``"pixdim"``, the chain before issue 21).
         dtype: output dtype.
         load: start with ``LoadImaged`` (``False`` for in-memory volumes that are already channel-first MetaTensors).
         check_chest: refuse volumes that are not a chest CT in HU.
@@ -212,6 +223,8 @@ def deterministic_transforms(
             ``outside_lung="keep"`` (no lung mask then).
     """
     in_channels(outside_lung)  # validates the mode
+    if lung_grid not in LUNG_GRIDS:
+        raise ValueError(f"lung_grid must be one of {LUNG_GRIDS}, got {lung_grid!r}")
     if lesion and outside_lung == "keep":
         raise ValueError("lesion=True needs the lung mask: outside_lung 'air' or 'channel', not 'keep'")
     margin = [int(np.ceil(lung_margin_mm / p)) for p in pixdim]
@@ -223,15 +236,16 @@ def deterministic_transforms(
         chain.append(loader)
     if check_chest:
         chain.append(CheckChestCTd(keys))
-    chain += [
-        Orientationd(spatial, axcodes="RAS", allow_missing_keys=True),
-        ResampleToSpacingd(spatial, pixdim=pixdim, allow_missing_keys=True),
-    ]
+    chain.append(Orientationd(spatial, axcodes="RAS", allow_missing_keys=True))
+    native = outside_lung != "keep" and lung_grid == "scan"
+    if native:
+        chain.append(LungMaskd(keys, mask_key=LUNG))
+    chain.append(ResampleToSpacingd([*spatial, LUNG] if native else spatial, pixdim=pixdim, allow_missing_keys=True))
     if outside_lung == "keep":
         chain.append(HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]))
     else:
         chain += [
-            LungMaskd(keys, mask_key=LUNG),
+            AsDiscreted(LUNG, threshold=0.5, dtype=torch.uint8) if native else LungMaskd(keys, mask_key=LUNG),
             CropForegroundd(
                 [*spatial, LUNG],
                 source_key=LUNG,

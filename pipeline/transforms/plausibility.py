@@ -36,18 +36,16 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from scipy import ndimage
 
+from pipeline.transforms.hounsfield import AIR_HU, EDGE_AIR_HU, TISSUE_MIN_HU, voxel_spacing
+from pipeline.transforms.lung import lung_mask
 from pipeline.utils.errors import InputError
 
 HU_MAX = 32767.0
-TISSUE_MIN_HU = -500.0
 AERATED_MAX_HU = -600.0
 #: At or below this a voxel inside the body is gas (airways, bowel, stomach), not lung parenchyma.
 GAS_MAX_HU = -950.0
-AIR_HU = -1000.0
 #: At or below this a voxel is padding outside the reconstructed field of view, never anatomy.
 PADDING_MAX_HU = -2000.0
-#: Below this a voxel at the edge of the field of view is air or padding, above it anatomy cut by the edge.
-EDGE_AIR_HU = -950.0
 MIN_AERATED_ML = 250.0
 
 __all__ = [
@@ -59,13 +57,6 @@ __all__ = [
     "padding_mask",
     "voxel_spacing",
 ]
-
-
-def voxel_spacing(affine: np.ndarray | torch.Tensor | None) -> tuple[float, float, float]:
-    """Voxel size (mm) of the first three axes of a 4x4 affine; 1 mm isotropic without one."""
-    if affine is None:
-        return (1.0, 1.0, 1.0)
-    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))  # type: ignore[return-value]
 
 
 def padding_mask(volume: np.ndarray, padding_hu: float | None = None) -> np.ndarray:
@@ -114,8 +105,6 @@ def aerated_lung_ml(volume: np.ndarray, affine: np.ndarray | torch.Tensor | None
     The volume is turned to RAS with ``affine`` (1 mm voxels, RAS, without one) for
     :func:`pipeline.transforms.lung.lung_mask`; padding (:func:`padding_mask`) counts as air.
     """
-    from pipeline.transforms.lung import lung_mask  # lung imports this module's constants
-
     matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     ornt = nib.orientations.io_orientation(matrix)
     ras = nib.orientations.apply_orientation(np.where(padding_mask(volume), np.float32(AIR_HU), volume), ornt)

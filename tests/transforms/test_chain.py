@@ -11,13 +11,14 @@ import torch
 from conftest import BUNDLE, TINY_CHAIN, WITHOUT_MODEL, write_untrained_model
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
-from monai.transforms import Compose
+from monai.transforms import Compose, CropForegroundd
 
+from pipeline.data.refusal import REFUSED, RefusingDataset
 from pipeline.engine.record import read, resolve
 from pipeline.networks.nets import build_network
-from pipeline.synth.phantom import generate_study
-from pipeline.transforms.chain import deterministic_transforms, in_channels, lung_or_all
-from pipeline.utils.errors import InputError
+from pipeline.synth.phantom import SCANNERS, generate_study
+from pipeline.transforms.chain import RECORDED, deterministic_transforms, in_channels, lung_or_all
+from pipeline.utils.errors import InputError, find_input_error
 
 SMALL = TINY_CHAIN
 
@@ -98,3 +99,57 @@ def test_checkpoint_records_the_chain_and_a_different_chain_is_refused(bundle):
     )[0]
     with pytest.raises(InputError, match=str(model)):
         evaluate_loader(Engine(lambda engine, batch: None))
+
+
+def until_the_crop(**params) -> Compose:
+    """The chain (``lesion=True``: the lesion mask ``"mask"`` rides with the image) up to the lung crop."""
+    chain = deterministic_transforms(lesion=True, **params)
+    return Compose(chain[: next(i for i, t in enumerate(chain) if isinstance(t, CropForegroundd))])
+
+
+@pytest.mark.parametrize("scanner", list(SCANNERS))
+@pytest.mark.parametrize("category", ["CT-0", "CT-2", "CT-4"])
+def test_the_true_lung_is_in_the_mask_on_the_chains_grid(tmp_path, scanner, category):
+    """The true lung, carried to the 2 x 2 x 4 mm grid as the chain carries a lesion mask (a fraction of each voxel,
+    read at 0.5), lies in the chain's lung mask: the lungs are found on the scan's grid and carried with it."""
+    study = generate_study(category, 1, matrix=128, scanner=scanner)
+    image, lung = tmp_path / "image.nii.gz", tmp_path / "lung.nii.gz"
+    nib.save(nib.Nifti1Image(study.image.astype(np.int16), study.affine), str(image))
+    nib.save(nib.Nifti1Image(study.lung.astype(np.uint8), study.affine), str(lung))
+    out = until_the_crop()({"image": str(image), "mask": str(lung)})
+    assert out["lung"].shape == out["image"].shape and np.allclose(out["lung"].pixdim, (2.0, 2.0, 4.0), atol=0.05)
+    mask, truth = out["lung"][0].numpy() > 0, out["mask"][0].numpy() >= 0.5
+    assert (mask & truth).sum() >= 0.97 * truth.sum(), (mask & truth).sum() / truth.sum()
+    assert (mask & ~truth).sum() < 0.2 * mask.sum()
+    before = until_the_crop(lung_grid="pixdim")({"image": str(image)})["lung"][0].numpy() > 0
+    assert mask.shape == before.shape  # the same grid, the mask found on another
+
+
+def white_chest(tmp_path, name: str) -> str:
+    """A synthetic chest (CT-0, matrix 128) whose lungs are soft tissue but for their top 15 %, as NIfTI: aerated
+    lung enough for :class:`~pipeline.transforms.plausibility.CheckChestCT`, too little for the chest."""
+    study = generate_study("CT-0", 0, matrix=128)
+    from_top = np.cumsum(study.lung.sum(axis=(0, 1))[::-1])[::-1]
+    white = study.lung & (from_top > 0.15 * from_top[0])[None, None, :]
+    image = study.image.copy()
+    image[white] = 30
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(image, study.affine), str(path))
+    return str(path)
+
+
+def test_a_chest_whose_lungs_are_lost_is_refused_and_the_batch_goes_on(tmp_path, scan):
+    bad = white_chest(tmp_path, "white.nii.gz")
+    with pytest.raises(RuntimeError) as err:  # Compose wraps the InputError of its LungMaskd
+        Compose(deterministic_transforms(**SMALL))({"image": bad})
+    refused = find_input_error(err.value)
+    assert refused.path == bad and "lungs implausibly small for the chest in view" in refused.problem
+    items = RefusingDataset([{"image": str(scan)}, {"image": bad}], Compose(deterministic_transforms(**SMALL)))
+    assert REFUSED not in items[0] and items[0]["image"].shape == (1, 32, 32, 16)
+    assert "lungs implausibly small" in items[1][REFUSED]["reason"]
+
+
+def test_the_lung_grid_is_recorded_and_checked():
+    assert "lung_grid" in RECORDED
+    with pytest.raises(ValueError, match="lung_grid"):
+        deterministic_transforms(lung_grid="native")

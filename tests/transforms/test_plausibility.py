@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +13,7 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged
 
 from pipeline.synth.phantom import generate_study
+from pipeline.transforms import hounsfield
 from pipeline.transforms.lung import lung_mask
 from pipeline.transforms.plausibility import (
     MIN_AERATED_ML,
@@ -151,3 +156,13 @@ def test_dict_transform_names_file_from_meta_dict_for_plain_arrays():
     data = {"image": np.full((1, 8, 8, 8), 5.0), "image_meta_dict": {"filename_or_obj": "x.nii"}}
     with pytest.raises(InputError, match=r"^x\.nii: the volume is constant"):
         CheckChestCTd("image")(data)
+
+
+def test_the_lung_mask_stands_below_the_plausibility_checks():
+    """No import circle: the lung mask and the checks share their constants from a module below both."""
+    code = (
+        "import sys; import pipeline.transforms.lung; "
+        "assert 'pipeline.transforms.plausibility' not in sys.modules, 'lung imports plausibility'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
+    assert voxel_spacing is hounsfield.voxel_spacing
