@@ -13,8 +13,11 @@ DECISION = {
     "rules": {
         "classifier": {"features": ["classifier_logit"], "coef": [1.0], "intercept": 0.0},
         "lesion": {"features": ["log_lesion_ml", "log_focus_ml"], "coef": [0.8, 0.4], "intercept": -2.0},
-        "combined": {"features": ["classifier_logit", "log_lesion_ml", "log_focus_ml"], "coef": [0.5, 0.7, 0.2],
-                     "intercept": -1.5},  # fmt: skip
+        "combined": {
+            "features": ["classifier_logit", "log_lesion_ml", "log_focus_ml"],
+            "coef": [0.5, 0.7, 0.2],
+            "intercept": -1.5,
+        },
     },
     "involvement": {"raw": [0.0, 0.2, 0.4, 1.0], "true": [0.0, 0.3, 0.7, 1.0]},
 }
