@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, run_bundle
+from conftest import run_evaluation
 from monai.data import DataLoader, MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.handlers import ROCAUC, from_engine
@@ -161,19 +161,7 @@ def test_training_saves_the_decision_with_the_weights(trained_bundle, tiny_cohor
     assert decision["fitted_on"]["epoch"] == read_threshold(trained_bundle / "models")["epoch"]
     for fit in decision["rules"].values():
         assert all(math.isfinite(c) for c in [*fit["coef"], fit["intercept"]])
-    configs = trained_bundle / "configs"
-    run_bundle(
-        "run",
-        "--config_file",
-        f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
-        "--bundle_root",
-        str(trained_bundle),
-        "--dataset_dir",
-        str(tiny_cohort),
-        "--output_dir",
-        str(tmp_path),
-        *TINY,
-    )
+    run_evaluation(trained_bundle, tiny_cohort, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
     evidence = {k: np.array([float(r[k]) for r in rows]) for k in ("lesion_ml", "focus_ml")}
     prob = np.array([float(r["prob_classifier"]) for r in rows])
