@@ -122,6 +122,8 @@ def run_evaluation(bundle: Path, dataset_dir: Path, output_dir: Path) -> subproc
         str(output_dir),
         *TINY,
     )
+
+
 #: The preprocessing of :data:`TINY` runs, as a checkpoint records it (with train.json's other defaults).
 TINY_CHAIN = {"spatial_size": [32, 32, 16], "pixdim": [6.0, 6.0, 8.0]}
 
