@@ -187,9 +187,9 @@ class DecisionFitter:
     """Validation handler fitting the decision whenever the key metric improves; sets ``record.decision``.
 
     Attach to the validation evaluator before the best-model saver, which then writes the record with the
-    weights of the same epoch (MONAI's workflow sets ``best_metric_epoch`` before the handlers run). The
-    evaluator's postprocessing must end with :class:`~pipeline.transforms.decision.Decided` without a decision
-    (the classifier's P under ``prob_classifier``) after :class:`~pipeline.transforms.severity.Involvementd`.
+    weights of the same epoch (MONAI's workflow sets ``best_metric_epoch`` before the handlers run). It reads the
+    head's P(pneumonia) (``prob_classifier`` of :class:`~pipeline.transforms.decision.Decided`, else ``pred``)
+    and the lesion evidence of :class:`~pipeline.transforms.severity.Involvementd` from the evaluator's output.
     Under ``torch.distributed`` the values of every rank are gathered and every rank fits the same decision.
 
     Args:
@@ -224,9 +224,10 @@ class DecisionFitter:
         self._rows, self._decided = [], None
 
     def _collect(self, engine: Engine) -> None:
-        _, labels = class_output(engine.state.output)
-        for out, label in zip(engine.state.output, labels.tolist()):
-            values = {"label": label, **{k: out.get(k, math.nan) for k in _COLUMNS[1:]}}
+        probs, labels = class_output(engine.state.output)
+        for out, prob, label in zip(engine.state.output, probs[:, 1].tolist(), labels.tolist()):
+            values = {"label": label, **{k: out.get(k, math.nan) for k in _COLUMNS[2:]}}
+            values[CLASSIFIER_KEY] = out.get(CLASSIFIER_KEY, prob)  # Decided keeps the head's own P there
             self._rows.append([float(values[k]) for k in _COLUMNS])
 
     def decided(self) -> tuple[np.ndarray, np.ndarray] | None:

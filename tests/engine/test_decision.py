@@ -104,20 +104,31 @@ def test_involvement_calibration_is_monotone_and_reduces_the_error() -> None:
 
 
 class LesionScorer(nn.Module):
-    """Multi-task logits of a ``(B, 1, 4, 4, 2)`` batch: class ``(-m, m)`` of the mean, lesion ``8 (x - 0.5)``."""
+    """Multi-task logits of a ``(B, 1, 4, 4, 2)`` batch: class ``(-m, m)`` of the mean, lesion ``8 (x - 0.5)``;
+    with ``lesion=False`` the class logits alone (a classifier)."""
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def __init__(self, lesion: bool = True) -> None:
+        super().__init__()
+        self.lesion = lesion
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor] | torch.Tensor:
         score = 2.0 * x.mean(dim=(1, 2, 3, 4))
-        return {"pred": torch.stack([-score, score], dim=1), "lesion": 8.0 * (x - 0.5)}
+        logits = torch.stack([-score, score], dim=1)
+        return {"pred": logits, "lesion": 8.0 * (x - 0.5)} if self.lesion else logits
 
 
-def test_handler_fits_before_the_saver_and_the_threshold_uses_the_decided_p(tmp_path) -> None:
-    """In a MONAI evaluator: the record's decision is fitted at the best epoch; threshold.json is chosen on its P."""
+LABELS = [0, 0, 0, 1, 1, 1, 1]
+LESION_VOXELS = [0, 1, 3, 2, 6, 9, 12]
+
+
+def _validate(network: nn.Module, handlers: list) -> list[dict]:
+    """One validation epoch of a MONAI evaluator with the bundle's postprocessing over 7 studies of 2x2x4 mm
+    voxels whose lesion voxels (value 1) number :data:`LESION_VOXELS`; returns the items."""
     affine = torch.diag(torch.tensor([2.0, 2.0, 4.0, 1.0]))
-    data, labels = [], [0, 0, 0, 1, 1, 1, 1]
-    for i, y in enumerate(labels):
+    data = []
+    for n, y in zip(LESION_VOXELS, LABELS):
         image = torch.zeros(1, 4, 4, 2)
-        image.view(-1)[: [0, 1, 3, 2, 6, 9, 12][i]] = 1.0  # lesion voxels
+        image.view(-1)[:n] = 1.0
         data.append(
             {
                 "image": MetaTensor(image, affine=affine),
@@ -127,28 +138,45 @@ def test_handler_fits_before_the_saver_and_the_threshold_uses_the_decided_p(tmp_
                 "label": torch.tensor([y]),
             }
         )
-    record = ChainRecord("chestnet", {})
-    fitter = DecisionFitter(record, rule="lesion", threshold_method="youden")
-    post = [SplitOutputsd(), Activationsd("pred", softmax=True), Activationsd("lesion", sigmoid=True)]
-    evaluator = SupervisedEvaluator(
+    post = [SplitOutputsd(), Activationsd("pred", softmax=True)]
+    post += [Activationsd("lesion", sigmoid=True, allow_missing_keys=True)]
+    post += [Involvementd(), Decided(None), AsDiscreted("label", to_onehot=2)]
+    SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=DataLoader(data, batch_size=3),
-        network=LesionScorer(),
-        postprocessing=Compose([*post, Involvementd(), Decided(None), AsDiscreted("label", to_onehot=2)]),
+        network=network,
+        postprocessing=Compose(post),
         key_val_metric={"val_auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
-        val_handlers=[fitter, ThresholdSelector(tmp_path, method="youden", decision=fitter)],
-    )
-    evaluator.run(global_epoch=1)
+        val_handlers=handlers,
+    ).run(global_epoch=1)
+    return data
+
+
+def test_handler_fits_before_the_saver_and_the_threshold_uses_the_decided_p(tmp_path) -> None:
+    """In a MONAI evaluator: the record's decision is fitted at the best epoch; threshold.json is chosen on its P."""
+    record = ChainRecord("chestnet", {})
+    fitter = DecisionFitter(record, rule="lesion", threshold_method="youden")
+    data = _validate(LesionScorer(), [fitter, ThresholdSelector(tmp_path, method="youden", decision=fitter)])
     decision = record.decision
     assert decision is not None and decision["rule"] == "lesion" and decision["fitted_on"]["epoch"] == 1
     assert record.state_dict()["decision"] == decision
-    lesion_ml = np.array([0, 1, 3, 2, 6, 9, 12]) * 0.016  # voxels of 2 x 2 x 4 mm
+    lesion_ml = np.array(LESION_VOXELS) * 0.016  # voxels of 2 x 2 x 4 mm
     evidence = {"lesion_ml": lesion_ml, "focus_ml": lesion_ml}
     prob = torch.softmax(torch.stack([LesionScorer()(d["image"][None])["pred"][0] for d in data]), 1)[:, 1].numpy()
     decided = decide(decision["rules"]["lesion"], prob, evidence)
     stored = read_threshold(tmp_path)
-    assert stored["threshold"] == pytest.approx(choose_threshold(labels, decided, "youden")["threshold"])
+    assert stored["threshold"] == pytest.approx(choose_threshold(LABELS, decided, "youden")["threshold"])
     assert stored["threshold"] == pytest.approx(decision["rules"]["lesion"]["threshold"])
+
+
+def test_a_classifier_network_decides_by_its_head() -> None:
+    record = ChainRecord("chestnet_cls", {})
+    _validate(LesionScorer(lesion=False), [DecisionFitter(record, rule="classifier")])
+    assert set(record.decision["rules"]) == {"classifier"} and record.decision["involvement"] is None
+    with pytest.raises(ValueError, match="needs a network with a lesion output"):
+        _validate(LesionScorer(lesion=False), [DecisionFitter(ChainRecord("chestnet_cls", {}), rule="lesion")])
+    with pytest.raises(ValueError, match="decision rule must be one of"):
+        DecisionFitter(record, rule="vote")
 
 
 @pytest.mark.slow
