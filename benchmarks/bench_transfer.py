@@ -1,20 +1,26 @@
-"""Transfer: how the trained bundle does on data it never trained, selected or thresholded on.
+"""Transfer: how the trained bundle decides on data it never trained, selected or thresholded on.
 
-Three tiers, all from the same checkpoint (``--ckpt-dir``, default the bundle's ``models/``):
+Every decision rule of the model (:mod:`pipeline.transforms.decision`: the classifier head, the lesion evidence,
+their combination) side by side, from the same checkpoint (``--ckpt-dir``, default the bundle's ``models/``):
 
-1. **Out of generator** (synthetic, labelled): a freshly seeded cohort of the training scanner profile and a
-   ``--scanner shifted`` cohort (2.5-5 mm slices, RAS, sharper kernels, other noise and padding), CT-0 to CT-4,
-   evaluated through the bundle (``python -m monai.bundle run`` with ``evaluate.json``, the stored threshold):
-   AUC with its DeLong interval, accuracy, and sensitivity per category at the threshold; for a network with a
-   lesion output, the severity: Spearman and mean absolute error (percentage points) of the predicted against the
-   true lung involvement (the generator's lesion masks), quadratic-weighted kappa of the MosMed category.
-2. **Real scans** in ``--realct DIR`` (third-party, read in place, never copied): P(pneumonia) of each real chest
-   CT without pneumonia (each should fall below the threshold) and of the RICORD 30 mm slabs of COVID-19 positive and
-   negative patients (partial scans: reported, never tuned on), and the share of the lung its lesion map covers.
-   Same chain as the bundle (the checkpoint's record).
+1. **Synthetic transfer cohorts** (:data:`COHORTS`, labelled, CT-0 to CT-4): a freshly seeded cohort of the
+   training scanner profile, a ``shifted`` scanner cohort (2.5-5 mm slices, RAS, sharper kernels, other noise and
+   padding) and the ``foreign`` profile (another texture, noise, anatomy and lesion draws; skipped, saying so,
+   where the generator lacks it), evaluated through the bundle (``evaluate.json``). Per rule: AUC with its DeLong
+   interval, sensitivity and specificity at the rule's threshold chosen on validation (the record's decision),
+   sensitivity per category; the severity: Spearman and mean absolute error (percentage points) of the measured
+   and of the calibrated involvement against the true one (the generator's lesion masks), quadratic-weighted
+   kappa of the MosMed category (calibrated involvement, the rule chosen by transfer).
+2. **Real scans** in ``--realct DIR`` (third-party, read in place, never copied): each rule's P(pneumonia) of the
+   real chest CTs without pneumonia and of the RICORD 30 mm slabs (partial scans; never tuned on), and the AUC of
+   the RICORD positives against all the others; refused scans are listed as refused. Same chain as the bundle.
 3. **Where it looks**: Grad-CAM of the pneumonia class over each real scan, the share of its mass that lies on
-   lung voxels (the chain sets everything outside the lung mask to air, 0) beside the share of the input that is
-   lung (equal shares: no preference); a PNG montage.
+   lung voxels beside the share of the input that is lung (equal shares: no preference); a PNG montage.
+
+The rule to decide by is chosen here, by transfer: the best mean AUC over the synthetic transfer cohorts
+(:func:`choose_rule`), never on validation alone nor on the real scans. A model whose record has no decision
+(trained before decisions) gets one fitted on a stand-in validation cohort of the training generator
+(``--fit-seed``), said so in the results.
 
 Example (the README's figures)::
 
@@ -24,11 +30,14 @@ Example (the README's figures)::
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
+import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +48,27 @@ from monai.transforms import Compose
 from monai.visualize import GradCAM
 
 from benchmarks.common import BUNDLE, REPO, RESULTS, TRAIN_JSON, write_results
+from pipeline.engine.decision import fit_decision
 from pipeline.engine.record import read as read_record
-from pipeline.engine.threshold import load as load_threshold
+from pipeline.engine.threshold import read as read_threshold
+from pipeline.evaluation.metrics import category_agreement, classification_metrics, involvement_agreement
 from pipeline.evaluation.saliency import last_conv_layer
 from pipeline.inferers.ensemble import load_model_weights
 from pipeline.networks.nets import ClassLogits, build_network, has_lesion_output, split_output
 from pipeline.synth.generate import generate_cohort
+from pipeline.synth.phantom import SCANNERS
 from pipeline.transforms.chain import deterministic_transforms, in_channels
-from pipeline.transforms.severity import involvement
+from pipeline.transforms.decision import RULES, calibrate_involvement, decide
+from pipeline.transforms.severity import category, involvement, lesion_evidence, voxel_ml
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import find_input_error
 
 EVALUATE_JSON = BUNDLE / "configs" / "evaluate.json"
 IMAGES = REPO / "docs" / "images"
+#: The synthetic transfer cohorts: (name, scanner profile of :func:`generate_cohort`, seed). The rule is chosen on
+#: these; none shares a seed with the training cohort (0) or the stand-in validation cohort (``--fit-seed``).
+COHORTS = (("fresh seed", "mosmed", 101), ("shifted scanner", "shifted", 202), ("foreign", "foreign", 505))
+EVIDENCE_KEYS = ("lesion_ml", "focus_ml", "involvement", "involvement_true")
 
 
 def real_scans(root: Path) -> dict[str, list[Path]]:
@@ -65,8 +82,8 @@ def real_scans(root: Path) -> dict[str, list[Path]]:
     }
 
 
-def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, Any]) -> dict[str, Any]:
-    """``metrics.json`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir`` and its record."""
+def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, Any]) -> list[dict[str, str]]:
+    """The rows of ``predictions.csv`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir``."""
     chain = [arg for key, value in record["preprocessing"].items() for arg in (f"--{key}", json.dumps(value))]
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -77,11 +94,77 @@ def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, A
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"evaluation of {cohort} failed:\n{proc.stderr[-3000:]}")
-    metrics = json.loads((out / "metrics.json").read_text())
-    keep = ("n", "auc", "auc_ci95", "auc_ci_method", "accuracy", "sensitivity", "specificity", "threshold")
-    per_category = {c: {"n": m["n"], "sensitivity": m.get("sensitivity"), "specificity": m.get("specificity")}
-                    for c, m in metrics["per_category"].items()}  # fmt: skip
-    return {**{k: metrics.get(k) for k in keep}, "per_category": per_category, "severity": metrics.get("severity")}
+    with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
+        return [row for row in csv.DictReader(f) if row["status"] == "ok"]
+
+
+def _number(text: str | None) -> float:
+    return math.nan if text in (None, "") else float(text)
+
+
+def evidence_of(rows: Sequence[Mapping[str, str]]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """``(labels, the head's P, evidence)`` of prediction rows; the involvement as measured, before calibration."""
+    labels = np.array([int(r["label"]) for r in rows])
+    prob = np.array([_number(r.get("prob_classifier") or r["prob_pneumonia"]) for r in rows])
+    evidence = {k: np.array([_number(r.get(k)) for r in rows]) for k in EVIDENCE_KEYS}
+    evidence["involvement"] = np.array([_number(r.get("involvement_raw") or r.get("involvement")) for r in rows])
+    return labels, prob, evidence
+
+
+def generator_fractions(cohort: Path, rows: Sequence[Mapping[str, str]]) -> np.ndarray:
+    """The involvement each study was drawn with (``lesion_fraction`` of the cohort's registry: lesion voxels over
+    the generator's true lung, on the scan's own grid), in the order of ``rows``."""
+    with (cohort / "dataset_registry.csv").open(newline="", encoding="utf-8") as f:
+        drawn = {r["study_id"]: float(r["lesion_fraction"]) for r in csv.DictReader(f)}
+    return np.array([drawn[r["study_id"]] for r in rows])
+
+
+def rule_metrics(
+    decision: Mapping[str, Any], labels: np.ndarray, prob: np.ndarray, evidence: Mapping, categories: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Per rule: AUC with its DeLong interval, sensitivity and specificity at the rule's validation threshold."""
+    out = {}
+    for rule, fit in decision["rules"].items():
+        p = decide(fit, prob, evidence)
+        m = classification_metrics(labels, p, threshold=fit.get("threshold", 0.5), n_bootstrap=0, categories=categories)
+        keep = ("n", "auc", "auc_ci95", "auc_ci_reason", "threshold", "sensitivity", "specificity")
+        per_category = {c: v.get("sensitivity") for c, v in m["per_category"].items() if c != "CT-0"}
+        out[rule] = {**{k: m.get(k) for k in keep}, "sensitivity_per_category": per_category}
+    return out
+
+
+def severity(
+    decision: Mapping[str, Any], rule: str, prob: np.ndarray, evidence: Mapping, categories: Sequence[str]
+) -> dict[str, Any]:
+    """Involvement agreement as measured and calibrated, against the truth on the network's grid (the lesion mask
+    in the chain's lung mask) and against the generator's (``evidence["involvement_generator"]``); the category's
+    agreement (calibrated involvement, ``rule``'s P and threshold)."""
+    fit = decision["rules"][rule]
+    true = [None if math.isnan(t) else float(t) for t in evidence["involvement_true"]]
+    drawn = list(evidence["involvement_generator"])
+    raw = evidence["involvement"]
+    calibrated = calibrate_involvement(decision.get("involvement"), raw)
+    p = decide(fit, prob, evidence)
+    predicted = [category(float(q), float(c), fit.get("threshold", 0.5)) for q, c in zip(p, calibrated)]
+    return {
+        "measured": involvement_agreement(list(raw), true),
+        "calibrated": involvement_agreement(list(calibrated), true),
+        "measured_vs_generator": involvement_agreement(list(raw), drawn),
+        "calibrated_vs_generator": involvement_agreement(list(calibrated), drawn),
+        "grid_truth_vs_generator": involvement_agreement(true, drawn),
+        "category": {k: v for k, v in category_agreement(predicted, list(categories)).items() if k != "labels"},
+        "rule": rule,
+    }
+
+
+def choose_rule(results: Mapping[str, Any], cohorts: Sequence[str]) -> dict[str, Any]:
+    """The rule with the best mean AUC over the synthetic transfer ``cohorts`` (ties: the earlier of RULES)."""
+    means = {
+        rule: float(np.mean([results[c]["rules"][rule]["auc"] for c in cohorts]))
+        for rule in RULES
+        if all(rule in results[c]["rules"] for c in cohorts)
+    }
+    return {"rule": max(means, key=lambda r: (round(means[r], 6), -list(RULES).index(r))), "mean_auc": means}
 
 
 def lung_share(cam: np.ndarray, image: np.ndarray) -> float:
@@ -90,8 +173,11 @@ def lung_share(cam: np.ndarray, image: np.ndarray) -> float:
     return float(cam[image > 0].sum()) / total if total > 0 else float("nan")
 
 
-def score_real(network: torch.nn.Module, chain: Compose, scans: dict[str, list[Path]]) -> tuple[list[dict], list]:
-    """P(pneumonia), involvement, Grad-CAM lung share of every real scan; (name, image, cam) triples for the figure."""
+def score_real(
+    network: torch.nn.Module, chain: Compose, scans: dict[str, list[Path]], decision: Mapping[str, Any]
+) -> tuple[list[dict], list]:
+    """Each rule's P(pneumonia), the calibrated involvement, the Grad-CAM lung share of every real scan; (name,
+    image, cam) triples for the figure. Refused scans get ``refused`` and the reason."""
     rows, panels = [], []
     classifier = ClassLogits(network)
     layer = getattr(classifier, "gradcam_layer", None) or last_conv_layer(classifier)
@@ -112,16 +198,35 @@ def score_real(network: torch.nn.Module, chain: Compose, scans: dict[str, list[P
             with torch.no_grad():
                 logits, lesion = split_output(network(x))
             prob = float(torch.softmax(logits, 1)[0, 1])
+            evidence = {}
+            if lesion is not None:
+                evidence = lesion_evidence(torch.sigmoid(lesion[0]), item["lung"], voxel_ml(item["lung"].affine))
             heat = cam(x, class_idx=1)[0, 0].detach().numpy()
             volume = image[0].numpy()
-            row = {"group": group, "scan": label, "p_pneumonia": round(prob, 4),
+            row = {"group": group, "scan": label,
+                   "p_pneumonia": {rule: round(float(decide(fit, [prob], {k: [v] for k, v in evidence.items()})[0]), 4)
+                                   for rule, fit in decision["rules"].items()},
                    "gradcam_on_lung": round(lung_share(heat, volume), 3),
                    "lung_share_of_input": round(float((volume > 0).mean()), 3)}  # fmt: skip
-            if lesion is not None:
-                row["involvement"] = round(involvement(torch.sigmoid(lesion[0]), item["lung"]), 4)
+            if evidence:
+                row["lesion_ml"], row["focus_ml"] = round(evidence["lesion_ml"], 1), round(evidence["focus_ml"], 1)
+                row["involvement"] = round(
+                    float(calibrate_involvement(decision.get("involvement"), evidence["involvement"])), 4
+                )
             rows.append(row)
             panels.append((f"{label} P={prob:.2f}", volume, heat))
     return rows, panels
+
+
+def real_auc(rows: Sequence[Mapping[str, Any]], decision: Mapping[str, Any]) -> dict[str, Any]:
+    """Per rule: the AUC (DeLong) of the RICORD positives against every other real scan that was scored."""
+    scored = [r for r in rows if "refused" not in r]
+    labels = [int("positive" in r["group"]) for r in scored]
+    out = {}
+    for rule in decision["rules"]:
+        m = classification_metrics(labels, [r["p_pneumonia"][rule] for r in scored], n_bootstrap=0)
+        out[rule] = {k: m.get(k) for k in ("n", "n_positive", "auc", "auc_ci95", "auc_ci_reason")}
+    return out
 
 
 def montage(panels: list, out: Path) -> Path:
@@ -179,10 +284,10 @@ def lesion_montage(network: torch.nn.Module, scans: list[tuple[str, dict]], out:
 def lesion_examples(cohort: Path, realct: Path | None) -> list[tuple[str, dict]]:
     """The first study of each of CT-1 ... CT-4 of a synthetic ``cohort`` (with its mask), then the RICORD slabs."""
     scans = []
-    for category in ("CT-1", "CT-2", "CT-3", "CT-4"):
-        image = sorted((cohort / "studies" / category).glob("*.nii.gz"))[0]
+    for grade in ("CT-1", "CT-2", "CT-3", "CT-4"):
+        image = sorted((cohort / "studies" / grade).glob("*.nii.gz"))[0]
         mask = cohort / "masks" / image.name.replace(".nii.gz", "_mask.nii.gz")
-        scans.append((f"{category} {image.name[:-7]}", {"image": str(image), "mask": str(mask)}))
+        scans.append((f"{grade} {image.name[:-7]}", {"image": str(image), "mask": str(mask)}))
     if realct is not None and realct.is_dir():
         for group, paths in real_scans(realct).items():
             if "RICORD" in group:
@@ -190,54 +295,87 @@ def lesion_examples(cohort: Path, realct: Path | None) -> list[tuple[str, dict]]
     return scans
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies in it (the README's figures), else as given."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def cohort_rows(name: str, m: dict[str, Any]) -> str:
-    """One markdown row: AUC [CI], accuracy, specificity, sensitivity per category."""
-    ci = m.get("auc_ci95") or [None, None]
-    sens = " / ".join(
-        _fmt(m["per_category"].get(c, {}).get("sensitivity"), 2) for c in ("CT-1", "CT-2", "CT-3", "CT-4")
-    )
-    return (f"| {name} | {m['n']} | {_fmt(m['auc'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] | {_fmt(m['accuracy'])} | "
-            f"{_fmt(m['specificity'])} | {sens} |")  # fmt: skip
-
-
-def severity_row(name: str, m: dict[str, Any]) -> str:
-    """One markdown row: Spearman and MAE of the involvement, kappa and accuracy of the category."""
-    inv = (m.get("severity") or {}).get("involvement") or {}
-    cat = (m.get("severity") or {}).get("category") or {}
-    return (f"| {name} | {inv.get('n', '-')} | {_fmt(inv.get('spearman'))} | {_fmt(inv.get('mae_pp'), 1)} | "
-            f"{_fmt(cat.get('kappa_quadratic'))} | {_fmt(cat.get('accuracy'))} |")  # fmt: skip
+def _auc_text(m: Mapping[str, Any]) -> str:
+    ci = m.get("auc_ci95")
+    return f"{_fmt(m.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else f"{_fmt(m.get('auc'))} (no DeLong CI)"
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README tables of ``results``: synthetic cohorts, then every real scan."""
-    head = "| cohort (never trained on) | n | AUC [95 % CI] | accuracy | specificity | sensitivity"
-    lines = [head + " CT-1 / CT-2 / CT-3 / CT-4 |", "|---|---|---|---|---|---|"]
-    cohorts = [name for name in ("fresh seed", "shifted scanner") if name in results]
-    lines += [cohort_rows(name, results[name]) for name in cohorts]
-    if any(results[name].get("severity") for name in cohorts):
-        lines += ["", "| cohort (never trained on) | n | involvement Spearman | MAE (pp) | category kappa (quadratic) "
-                  "| category accuracy |", "|---|---|---|---|---|---|"]  # fmt: skip
-        lines += [severity_row(name, results[name]) for name in cohorts]
+    """The tables of ``results``: each rule on each synthetic cohort, the severity, then every real scan."""
+    cohorts = [name for name, _, _ in COHORTS if isinstance(results.get(name), dict)]
+    rules = list(results["decision"]["rules"])
+    lines = [f"Decision fitted on: {results['decision_source']}. Rule chosen by transfer: "
+             f"**{results['chosen']['rule']}** (mean AUC over {', '.join(cohorts)}: "
+             + ", ".join(f"{r} {v:.3f}" for r, v in results["chosen"]["mean_auc"].items()) + ").", ""]  # fmt: skip
+    lines += [f"- {name}: {results[name]}" for name, _, _ in COHORTS if isinstance(results.get(name), str)]
+    lines += ["", "| cohort (never trained on) | rule | n | AUC [95 % CI, DeLong] | threshold (validation) "
+              "| sensitivity | specificity | sensitivity CT-1 / CT-2 / CT-3 / CT-4 |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in cohorts:
+        for rule in rules:
+            m = results[name]["rules"][rule]
+            sens = " / ".join(_fmt(m["sensitivity_per_category"].get(c), 2) for c in ("CT-1", "CT-2", "CT-3", "CT-4"))
+            lines.append(f"| {name} | {rule} | {m['n']} | {_auc_text(m)} | {_fmt(m['threshold'])} | "
+                         f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} | {sens} |")  # fmt: skip
+    lines += ["", "Involvement: MAE in percentage points against the truth on the network's grid (lesion mask in the "
+              "chain's lung mask) and against the generator's drawn fraction (its own lung); category: calibrated "
+              "involvement, the chosen rule.", "",
+              "| cohort (never trained on) | n | Spearman (calibrated) | MAE measured / calibrated, grid truth "
+              "| MAE measured / calibrated, generator | MAE grid truth vs generator | category kappa (quadratic) "
+              "| category accuracy |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name in (c for c in cohorts if "severity" in results[c]):
+        sev = results[name]["severity"]
+        cal, cat = sev["calibrated"], sev["category"]
+        pairs = (("measured", "calibrated"), ("measured_vs_generator", "calibrated_vs_generator"))
+        mae = " | ".join(" / ".join(_fmt(sev[k]["mae_pp"], 1) for k in pair) for pair in pairs)
+        mae += f" | {_fmt(sev['grid_truth_vs_generator']['mae_pp'], 1)}"
+        lines.append(f"| {name} | {cal['n']} | {_fmt(cal['spearman'])} | {mae} | {_fmt(cat['kappa_quadratic'])} "
+                     f"| {_fmt(cat['accuracy'])} |")  # fmt: skip
     if isinstance(results.get("real"), list):
-        threshold = results["threshold"]
-        head = (
-            f"| real scan | group | P(pneumonia), threshold {threshold} | involvement | Grad-CAM mass on lung "
-            "| lung share of input"
-        )
-        lines += ["", head + " |", "|---|---|---|---|---|---|"]
+        lines += ["", "| real scan | group | " + " | ".join(f"P {r}" for r in rules)
+                  + " | lesion (mL) | involvement (calibrated) | Grad-CAM mass on lung |",
+                  "|---|---|" + "---|" * len(rules) + "---|---|---|"]  # fmt: skip
         for row in results["real"]:
             if "refused" in row:
-                lines.append(f"| {row['scan']} | {row['group']} | refused: {row['refused']} | | | |")
-            else:
-                share, inv = row.get("lung_share_of_input"), row.get("involvement")
-                lines.append(f"| {row['scan']} | {row['group']} | {row['p_pneumonia']:.3f} | "
-                             f"{'-' if inv is None else f'{100 * inv:.1f} %'} | "
-                             f"{row['gradcam_on_lung']:.2f} | {_fmt(share, 2)} |")  # fmt: skip
+                cells = " |" * (len(rules) + 2)
+                lines.append(f"| {row['scan']} | {row['group']} | refused: {row['refused']} |{cells}")
+                continue
+            inv = row.get("involvement")
+            probs = " | ".join(f"{row['p_pneumonia'][r]:.3f}" for r in rules)
+            inv = "-" if inv is None else f"{100 * inv:.1f} %"
+            lines.append(f"| {row['scan']} | {row['group']} | {probs} | {_fmt(row.get('lesion_ml'), 1)} | {inv} "
+                         f"| {row['gradcam_on_lung']:.2f} |")  # fmt: skip
+        auc = results["real_auc"]
+        lines += [
+            "",
+            "Real scans, RICORD positives against all others: "
+            + "; ".join(f"{r} {_auc_text(m)} (n {m['n']}, {m['n_positive']} positive)" for r, m in auc.items()),
+        ]
     return "\n".join(lines) + "\n"
+
+
+def stand_in_decision(work: Path, ckpt_dir: Path, record: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A decision for a model whose record has none: fitted on a fresh cohort of the training generator (seed
+    ``args.fit_seed``) with the threshold method of its ``threshold.json``."""
+    cohort = work / "stand_in_validation"
+    if not (cohort / "dataset_registry.csv").is_file():
+        generate_cohort(cohort, per_category=args.per_category, seed=args.fit_seed, matrix=args.matrix,
+                        workers=2, progress=False)  # fmt: skip
+    labels, prob, evidence = evidence_of(evaluate_cohort(cohort, ckpt_dir, work / "eval_stand_in", record))
+    stored = read_threshold(ckpt_dir) or {}
+    lesion = has_lesion_output(record["network_name"])
+    return fit_decision("classifier", labels, prob, evidence if lesion else None,
+                        threshold_method=stored.get("method", "fixed"),
+                        target_sensitivity=stored.get("target_sensitivity"))  # fmt: skip
 
 
 def main() -> None:
@@ -245,8 +383,7 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=Path, default=BUNDLE / "models")
     parser.add_argument("--per-category", type=int, default=12)
     parser.add_argument("--matrix", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=101, help="seed of the fresh cohort (not the training seed 0)")
-    parser.add_argument("--shifted-seed", type=int, default=202)
+    parser.add_argument("--fit-seed", type=int, default=303, help="seed of the stand-in validation cohort")
     parser.add_argument("--work", type=Path, default=None, help="folder for the cohorts and outputs (default: temp)")
     parser.add_argument("--figure", type=Path, default=IMAGES / "transfer_real_gradcam.png")
     parser.add_argument("--lesion-figure", type=Path, default=IMAGES / "transfer_lesion_maps.png")
@@ -258,23 +395,43 @@ def main() -> None:
     model = args.ckpt_dir / "model.pt"
     record = read_record(model)
     prep = record["preprocessing"]
-    results: dict[str, Any] = {"checkpoint": str(model), "record": record, "threshold": load_threshold([model])}
-    for name, seed, scanner in (("fresh seed", args.seed, "mosmed"), ("shifted scanner", args.shifted_seed, "shifted")):
+    decision = record.get("decision")
+    source = "the model's validation split (its record)"
+    if decision is None:
+        decision = stand_in_decision(work, args.ckpt_dir, record, args)
+        source = f"a stand-in validation cohort of the training generator (seed {args.fit_seed}; the record has none)"
+    results: dict[str, Any] = {"checkpoint": str(model), "record": record, "decision": decision,
+                               "decision_source": source}  # fmt: skip
+    tables: dict[str, tuple[np.ndarray, dict[str, np.ndarray], list[str]]] = {}
+    for name, scanner, seed in COHORTS:
+        if scanner not in SCANNERS:
+            results[name] = f"skipped: the generator has no {scanner!r} scanner profile"
+            continue
         cohort = work / name.replace(" ", "_")
         if not (cohort / "dataset_registry.csv").is_file():
             generate_cohort(cohort, per_category=args.per_category, seed=seed, matrix=args.matrix, scanner=scanner,
                             workers=2, progress=False)  # fmt: skip
-        results[name] = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
+        rows = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
+        labels, prob, evidence = evidence_of(rows)
+        evidence["involvement_generator"] = generator_fractions(cohort, rows)
+        tables[name] = prob, evidence, [r["category"] for r in rows]
+        results[name] = {"rules": rule_metrics(decision, labels, prob, evidence, tables[name][2])}
         print(name, json.dumps(results[name]), flush=True)
+    results["chosen"] = choose_rule(results, list(tables))
+    if has_lesion_output(record["network_name"]):
+        for name, (prob, evidence, categories) in tables.items():
+            results[name]["severity"] = severity(decision, results["chosen"]["rule"], prob, evidence, categories)
+            print(name, json.dumps(results[name]["severity"]), flush=True)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()
     if args.realct is not None and args.realct.is_dir():
         lesion = has_lesion_output(record["network_name"])
         chain = Compose(deterministic_transforms(**prep, dtype=torch.float32, lesion=lesion))
-        results["real"], panels = score_real(network, chain, real_scans(args.realct))
+        results["real"], panels = score_real(network, chain, real_scans(args.realct), decision)
+        results["real_auc"] = real_auc(results["real"], decision)
         for row in results["real"]:
             print(json.dumps(row), flush=True)
-        results["figure"] = str(montage(panels, args.figure.resolve()).relative_to(REPO))
+        results["figure"] = _shown(montage(panels, args.figure.resolve()))
     else:
         results["real"] = f"skipped: no --realct folder ({args.realct})"
     if has_lesion_output(record["network_name"]):
@@ -286,7 +443,7 @@ def main() -> None:
             except Exception as err:  # a refused scan (MONAI wraps the InputError) is left out of the figure
                 if find_input_error(err) is None:
                     raise
-        results["lesion_figure"] = str(lesion_montage(network, scans, args.lesion_figure.resolve()).relative_to(REPO))
+        results["lesion_figure"] = _shown(lesion_montage(network, scans, args.lesion_figure.resolve()))
     print("results:", write_results(args.name, results))
     atomic_write_text(RESULTS / f"{args.name}.md", markdown(results))
 

@@ -108,6 +108,25 @@ WITHOUT_MODEL = shutil.ignore_patterns("eval", "logs", "*.pt", "model.json", "*.
 
 #: Overrides that make a bundle run tiny: 32x32x16 volumes, 2 epochs.
 TINY = ("--spatial_size", "[32,32,16]", "--pixdim", "[6,6,8]", "--epochs", "2", "--cache_workers", "1")
+
+
+def run_evaluation(bundle: Path, dataset_dir: Path, output_dir: Path) -> subprocess.CompletedProcess:
+    """Evaluate ``bundle``'s tiny trained model (``train.json`` + ``evaluate.json``, :data:`TINY`) on a cohort."""
+    configs = bundle / "configs"
+    return run_bundle(
+        "run",
+        "--config_file",
+        f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(dataset_dir),
+        "--output_dir",
+        str(output_dir),
+        *TINY,
+    )
+
+
 #: The preprocessing of :data:`TINY` runs, as a checkpoint records it (with train.json's other defaults).
 TINY_CHAIN = {"spatial_size": [32, 32, 16], "pixdim": [6.0, 6.0, 8.0]}
 

@@ -50,6 +50,10 @@ class ChainRecord:
         augmentation: the keyword arguments of :func:`pipeline.transforms.augment.train_augmentation` the model was
             trained with (recorded so that test-time augmentation uses only views it saw; not compared, since it
             does not change what the network is fed at inference).
+
+    Attribute ``decision``: the scan's decision fitted on validation (:mod:`pipeline.transforms.decision`; set by
+    :class:`pipeline.engine.decision.DecisionFitter`), ``None`` until fitted; saved, not compared (it is fitted,
+    not a chain parameter).
     """
 
     def __init__(
@@ -63,13 +67,15 @@ class ChainRecord:
         self.preprocessing = _plain(dict(preprocessing))
         self.source = source
         self.augmentation = _plain(dict(augmentation or {}))
+        self.decision: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        """``{"network_name", "preprocessing", "augmentation"}``: strings, numbers and lists only (``weights_only``)."""
+        """``{"network_name", "preprocessing", "augmentation", "decision"}``: strings, numbers, lists, ``None``."""
         return {
             "network_name": self.network_name,
             "preprocessing": self.preprocessing,
             "augmentation": self.augmentation,
+            "decision": _plain(self.decision),
         }
 
     def differences(self, other: Mapping[str, Any]) -> list[str]:

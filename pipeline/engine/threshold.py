@@ -29,6 +29,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ignite.distributed as idist
 import numpy as np
@@ -42,6 +43,9 @@ from pipeline.evaluation.metrics import classification_metrics, threshold_for_se
 from pipeline.evaluation.report import read_predictions, scored_rows
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import InputError
+
+if TYPE_CHECKING:
+    from pipeline.engine.decision import DecisionFitter
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -279,6 +283,8 @@ class ThresholdSelector:
         method: one of :data:`METHODS`.
         target_sensitivity: sensitivity to reach with method ``sensitivity``, in (0, 1].
         model_filename: the best model's file, recorded in the JSON.
+        decision: the run's :class:`~pipeline.engine.decision.DecisionFitter` (attached before this handler): the
+            threshold is then chosen on its decided validation probabilities, not on the head's.
     """
 
     def __init__(
@@ -287,8 +293,10 @@ class ThresholdSelector:
         method: str = "fixed",
         target_sensitivity: float | None = 0.9,
         model_filename: str = "model.pt",
+        decision: DecisionFitter | None = None,
     ) -> None:
         _check_method(method, target_sensitivity)
+        self.decision = decision
         self.output_dir = Path(output_dir)
         self.method = method
         self.target_sensitivity = target_sensitivity
@@ -316,10 +324,14 @@ class ThresholdSelector:
         probs, labels = torch.cat(self._probs), torch.cat(self._labels)
         if idist.get_world_size() > 1:
             probs, labels = evenly_divisible_all_gather(probs), evenly_divisible_all_gather(labels)
+        labels, probs = labels.numpy(), probs.numpy()
+        decided = self.decision.decided() if self.decision is not None else None
+        if decided is not None:
+            labels, probs = decided
         if idist.get_rank() == 0:
             self.write(
-                labels.numpy(),
-                probs.numpy(),
+                labels,
+                probs,
                 engine.state.epoch,
                 engine.state.key_metric_name,
                 engine.state.best_metric,

@@ -24,13 +24,22 @@ from pipeline.data.cohort import CLASS_NAMES, study_id_of
 from pipeline.evaluation.report import COLUMNS, metrics_from_rows, scored_rows, write_report
 from pipeline.evaluation.saliency import pick_examples, saliency_montage
 from pipeline.synth.generate import nifti_bytes
+from pipeline.transforms.decision import CLASSIFIER_KEY, RAW_INVOLVEMENT_KEY
 from pipeline.transforms.severity import category, to_scan_geometry
 from pipeline.utils.atomic import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 #: Per-scan columns of networks with a lesion output, after :data:`~pipeline.evaluation.report.COLUMNS`.
-SEVERITY_COLUMNS = ("involvement", "involvement_true", "category_pred", "lesion_map")
+SEVERITY_COLUMNS = (
+    "involvement",
+    "involvement_true",
+    "category_pred",
+    "lesion_map",
+    RAW_INVOLVEMENT_KEY,
+    "lesion_ml",
+    "focus_ml",
+)
 
 
 def _image_name(item: dict) -> str:
@@ -48,11 +57,16 @@ class PredictionWriter:
     one line per scan the way the tutorial did: ``study_0001: 27.9 % normal, 72.1 % pneumonia``.
     With ``on_complete``, each callable then gets ``(rows, output_dir)`` (e.g. to write metrics).
 
-    A network with a lesion output (postprocessing :class:`~pipeline.transforms.severity.Involvementd`) adds
-    :data:`SEVERITY_COLUMNS`: ``involvement`` (fraction of the lung), ``involvement_true`` (from the study's
-    lesion mask, empty without one), ``category_pred`` (CT-0..CT-4, :func:`~pipeline.transforms.severity.category`)
-    and ``lesion_map``: ``OUTPUT_DIR/lesion_maps/<study_id>_lesion.nii.gz``, P(lesion) as uint8 percent in the
-    grid and affine of the file the scan came from (``lesion_maps=False`` leaves the maps out).
+    ``prob_pneumonia`` is the model's decided P(pneumonia) (:class:`~pipeline.transforms.decision.Decided`);
+    with that postprocessing, ``prob_classifier`` is the classifier head's own. A network with a lesion output
+    (postprocessing :class:`~pipeline.transforms.severity.Involvementd`) adds :data:`SEVERITY_COLUMNS`:
+    ``involvement`` (fraction of the lung, calibrated when the model's decision calibrates it),
+    ``involvement_true`` (from the study's lesion mask, empty without one), ``category_pred`` (CT-0..CT-4,
+    :func:`~pipeline.transforms.severity.category` of the decided P and that involvement), ``lesion_map``:
+    ``OUTPUT_DIR/lesion_maps/<study_id>_lesion.nii.gz``, P(lesion) as uint8 percent in the grid and affine of the
+    file the scan came from (``lesion_maps=False`` leaves the maps out), ``involvement_raw`` (as measured, before
+    the calibration; empty without one), ``lesion_ml`` and ``focus_ml`` (the lesion volume in the lungs and its
+    largest connected focus, mL, :func:`~pipeline.transforms.severity.lesion_evidence`).
 
     Args:
         output_dir: folder for the outputs.
@@ -134,6 +148,8 @@ class PredictionWriter:
                 "category": str(item.get("category") or ""),
             }
             row.update({f"prob_{name}": float(p) for name, p in zip(self.class_names, probs)})
+            if CLASSIFIER_KEY in out:
+                row[CLASSIFIER_KEY] = float(out[CLASSIFIER_KEY])
             row["prediction"] = self.class_names[1] if probs[1] >= self.threshold else self.class_names[0]
             if "involvement" in out:
                 row.update(self._severity(item, out, float(probs[1]), row["study_id"]))
@@ -149,6 +165,9 @@ class PredictionWriter:
             "involvement_true": "" if math.isnan(truth) else round(truth, 5),
             "category_pred": category(prob_pneumonia, float(out["involvement"]), self.threshold),
             "lesion_map": "",
+            RAW_INVOLVEMENT_KEY: round(float(out[RAW_INVOLVEMENT_KEY]), 5) if RAW_INVOLVEMENT_KEY in out else "",
+            "lesion_ml": float(out["lesion_ml"]),
+            "focus_ml": float(out["focus_ml"]),
         }
         image = item.get("image")
         meta = getattr(image, "meta", None) or {}
@@ -162,6 +181,8 @@ class PredictionWriter:
 
     def _write(self, _engine: Engine) -> None:
         fields = list(COLUMNS[:4]) + [f"prob_{n}" for n in self.class_names] + ["prediction"]
+        if any(CLASSIFIER_KEY in row for row in self.rows):
+            fields.append(CLASSIFIER_KEY)
         if any("involvement" in row for row in self.rows):
             fields += list(SEVERITY_COLUMNS)
         if any("seen_in_training" in row for row in self.rows):

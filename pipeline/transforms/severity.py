@@ -12,8 +12,13 @@ of each voxel after resampling, counted at >= 0.5). Postprocessing for the bundl
 1. :class:`SplitOutputsd`: a multi-task network's output ``{"pred", "lesion"}`` under ``"pred"`` becomes
    ``"pred"`` (class logits) and ``"lesion"`` (lesion logits); the multi-task target under ``"label"`` becomes
    ``"label"`` again. A classifier's tensor passes unchanged.
-2. ``Activationsd("lesion", sigmoid=True)``, then :class:`Involvementd`: ``"involvement"`` and
-   ``"involvement_true"`` (NaN without a mask).
+2. ``Activationsd("lesion", sigmoid=True)``, then :class:`Involvementd`: the lesion evidence of
+   :func:`lesion_evidence` (``"involvement"``, ``"lesion_ml"``, ``"focus_ml"``) and ``"involvement_true"`` (NaN
+   without a mask).
+
+The evidence is measured in the lungs on the network's grid: a voxel's volume there comes from the item's affine
+after the chain's crop and resize (:func:`voxel_ml`), so millilitres mean the same on every scan whatever its
+field of view.
 
 :func:`category` turns P(pneumonia) and the involvement into CT-0..CT-4; :func:`to_scan_geometry` resamples a
 lesion map back onto the grid of the file it came from, for viewers.
@@ -30,6 +35,7 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SpatialResample
+from scipy import ndimage
 
 from pipeline.networks.nets import split_output
 from pipeline.synth.phantom import CATEGORY_BANDS
@@ -37,12 +43,15 @@ from pipeline.transforms.chain import HAS_MASK, LUNG, MASK
 
 __all__ = [
     "CATEGORIES",
+    "EVIDENCE",
     "LESION",
     "Involvementd",
     "SplitOutputsd",
     "category",
     "involvement",
+    "lesion_evidence",
     "to_scan_geometry",
+    "voxel_ml",
 ]
 
 #: The MosMedData categories, least to most involved.
@@ -50,6 +59,8 @@ CATEGORIES = tuple(CATEGORY_BANDS)
 #: Item key of the lesion map (logits, then probabilities) in the evaluators' postprocessing.
 LESION = "lesion"
 _CUT = 0.5
+#: Item keys (and prediction columns) of the lesion evidence of :func:`lesion_evidence`.
+EVIDENCE = ("involvement", "lesion_ml", "focus_ml")
 
 
 def involvement(lesion: torch.Tensor | np.ndarray, lung: torch.Tensor | np.ndarray, cut: float = _CUT) -> float:
@@ -64,6 +75,40 @@ def involvement(lesion: torch.Tensor | np.ndarray, lung: torch.Tensor | np.ndarr
     lung_v = torch.as_tensor(lung).float() >= cut
     n_lung = int(lung_v.sum())
     return float((lesion_v & lung_v).sum()) / n_lung if n_lung else 0.0
+
+
+def voxel_ml(affine: Any) -> float:
+    """The volume of one voxel of a grid with voxel-to-world ``affine`` (mm, 4x4 or 3x3), in millilitres."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return float(abs(np.linalg.det(matrix))) / 1000.0
+
+
+def lesion_evidence(
+    lesion: torch.Tensor | np.ndarray, lung: torch.Tensor | np.ndarray, ml_per_voxel: float, cut: float = _CUT
+) -> dict[str, float]:
+    """The lesion evidence of one scan from its lesion map inside the lung mask.
+
+    Args:
+        lesion: lesion probability per voxel, ``(1, H, W, D)`` or ``(H, W, D)``.
+        lung: lung mask (fraction per voxel) of the same grid.
+        ml_per_voxel: one voxel's volume (:func:`voxel_ml` of the grid's affine).
+        cut: the level both maps are read at.
+
+    Returns:
+        ``involvement`` (:func:`involvement`, a fraction of the lung), ``lesion_ml`` (the lung voxels with
+        ``lesion >= cut``, in mL) and ``focus_ml`` (the largest of their 26-connected components, in mL).
+    """
+    lesion_v = torch.as_tensor(lesion).float().reshape(-1, *np.shape(lesion)[-3:])[0] >= cut
+    lung_v = torch.as_tensor(lung).float().reshape(-1, *np.shape(lung)[-3:])[0] >= cut
+    found = (lesion_v & lung_v).cpu().numpy()
+    n_lung = int(lung_v.sum())
+    components, n = ndimage.label(found, structure=np.ones((3, 3, 3), dtype=bool))
+    largest = int(np.bincount(components.reshape(-1))[1:].max()) if n else 0
+    return {
+        "involvement": float(found.sum()) / n_lung if n_lung else 0.0,
+        "lesion_ml": float(found.sum()) * ml_per_voxel,
+        "focus_ml": largest * ml_per_voxel,
+    }
 
 
 def category(prob_pneumonia: float, involvement_fraction: float, threshold: float) -> str:
@@ -104,9 +149,10 @@ class SplitOutputsd(MapTransform):
 
 
 class Involvementd(MapTransform):
-    """``data["involvement"]`` from the lesion probabilities and the lung mask; ``data["involvement_true"]``
-    from the lesion mask when ``data[has_mask_key]`` says the study has one (NaN otherwise). Items without a
-    lesion map (classifiers) pass unchanged.
+    """The lesion evidence (:data:`EVIDENCE`, :func:`lesion_evidence`) from the lesion probabilities and the lung
+    mask, whose affine gives the voxel volume; ``data["involvement_true"]`` from the lesion mask when
+    ``data[has_mask_key]`` says the study has one (NaN otherwise). Items without a lesion map (classifiers) pass
+    unchanged.
     """
 
     def __init__(
@@ -124,7 +170,9 @@ class Involvementd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lung = d[self.lung_key]
-            d["involvement"] = involvement(d[key], lung, self.cut)
+            if not isinstance(lung, MetaTensor):
+                raise ValueError(f"{self.lung_key!r} must be a MetaTensor: its affine gives the voxel volume")
+            d.update(lesion_evidence(d[key], lung, voxel_ml(lung.affine), self.cut))
             has_mask = bool(torch.as_tensor(d.get(self.has_mask_key, 0.0)).item())
             d["involvement_true"] = involvement(d[self.mask_key], lung, self.cut) if has_mask else math.nan
         return d

@@ -8,7 +8,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY, run_bundle
+from conftest import run_bundle, run_evaluation
 
 pytestmark = pytest.mark.slow
 
@@ -25,19 +25,7 @@ def test_training_writes_checkpoint_logs_and_curves(trained_bundle):
 
 
 def test_evaluate_on_a_cohort(trained_bundle, tiny_cohort, tmp_path):
-    configs = trained_bundle / "configs"
-    proc = run_bundle(
-        "run",
-        "--config_file",
-        f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']",
-        "--bundle_root",
-        str(trained_bundle),
-        "--dataset_dir",
-        str(tiny_cohort),
-        "--output_dir",
-        str(tmp_path),
-        *TINY,
-    )
+    proc = run_evaluation(trained_bundle, tiny_cohort, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n"] == 5  # the test split of the training cohort (20 %)
     for key in ("auc", "accuracy", "sensitivity", "specificity"):

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from pipeline.synth.generate import nifti_bytes
@@ -20,7 +21,9 @@ from pipeline.transforms.severity import (
     SplitOutputsd,
     category,
     involvement,
+    lesion_evidence,
     to_scan_geometry,
+    voxel_ml,
 )
 
 CHAIN = {"spatial_size": (48, 48, 24), "pixdim": (4.0, 4.0, 8.0)}
@@ -69,8 +72,28 @@ def test_category_follows_mosmed_bands(prob: float, fraction: float, expected: s
     assert CATEGORIES == ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
 
 
+def test_lesion_evidence_in_millilitres() -> None:
+    """Two separate foci of 8 and 27 voxels of 2 x 2 x 4 mm (0.016 mL) in the lung, one outside it."""
+    assert voxel_ml(np.diag([-2.0, 2.0, 4.0, 1.0])) == pytest.approx(0.016)
+    lung = torch.zeros(1, 12, 12, 12)
+    lung[:, :, :, :10] = 1.0
+    lesion = torch.zeros_like(lung)
+    lesion[:, 0:2, 0:2, 0:2] = 0.8  # 8 voxels
+    lesion[:, 5:8, 5:8, 5:8] = 0.6  # 27 voxels
+    lesion[:, 0:3, 0:3, 11] = 1.0  # outside the lung
+    evidence = lesion_evidence(lesion, lung, 0.016)
+    assert evidence["lesion_ml"] == pytest.approx(35 * 0.016)
+    assert evidence["focus_ml"] == pytest.approx(27 * 0.016)
+    assert evidence["involvement"] == pytest.approx(involvement(lesion, lung)) == pytest.approx(35 / 1440)
+    lesion[:, 2, 2, 2] = 0.9  # touches both foci at a corner: one 26-connected focus
+    lesion[:, 3:5, 3:5, 3:5] = 0.9
+    assert lesion_evidence(lesion, lung, 0.016)["focus_ml"] == pytest.approx(evidence["lesion_ml"] + 9 * 0.016)
+    empty = lesion_evidence(torch.zeros_like(lung), lung, 0.016)
+    assert empty == {"involvement": 0.0, "lesion_ml": 0.0, "focus_ml": 0.0}
+
+
 def test_split_outputs_and_involvement() -> None:
-    lung = torch.ones(1, 4, 4, 4)
+    lung = MetaTensor(torch.ones(1, 4, 4, 4), affine=torch.diag(torch.tensor([2.0, 2.0, 4.0, 1.0])))
     mask = torch.zeros(1, 4, 4, 4)
     mask[:, :1] = 1.0
     logits = torch.tensor([0.1, 0.9])
@@ -81,6 +104,9 @@ def test_split_outputs_and_involvement() -> None:
     out = post({**item, "lung": lung, "mask": mask, "has_mask": torch.tensor(1.0)})
     assert torch.equal(out["pred"], logits) and int(out["label"]) == 1
     assert out["involvement"] == pytest.approx(0.5) and out["involvement_true"] == pytest.approx(0.25)
+    assert out["lesion_ml"] == pytest.approx(32 * 0.016) and out["focus_ml"] == pytest.approx(32 * 0.016)
+    with pytest.raises(ValueError, match="affine gives the voxel volume"):
+        Involvementd()({"lesion": torch.ones(1, 4, 4, 4), "lung": torch.ones(1, 4, 4, 4), "mask": mask})
     out = post({**item, "lung": lung, "mask": torch.zeros_like(mask), "has_mask": torch.tensor(0.0)})
     assert math.isnan(out["involvement_true"])
     plain = post({"pred": logits, "label": torch.tensor(0)})  # a classifier's output passes unchanged
