@@ -55,7 +55,6 @@ import logging
 import math
 import os
 import shlex
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -124,6 +123,9 @@ REAL_NORMAL, RICORD_NEG, RICORD_POS, REAL_NONCHEST = (
     "real non-chest",
 )
 REAL_GROUPS = (REAL_NORMAL, RICORD_NEG, RICORD_POS, REAL_NONCHEST)
+#: Folders directly under ``REAL_DIR`` that hold lesion references (masks, single slices), not whole scans:
+#: the normal-lung section skips them, the lesion section (:mod:`pipeline.synth.realism_lesions`) reads them.
+REFERENCE_DIRS = ("mosmed_ct1_masks", "covid_slices")
 
 #: The figures summarised per group: key -> (label, unit/format hint).
 FIGURES: dict[str, str] = {
@@ -172,7 +174,8 @@ def _real_group(path: Path, root: Path) -> str:
 
 
 def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
-    """Every NIfTI file and DICOM series folder under ``real_dir``, grouped by path, sorted.
+    """Every NIfTI file and DICOM series folder under ``real_dir``, grouped by path, sorted; the lesion
+    references (:data:`REFERENCE_DIRS`) left out.
 
     Raises:
         InputError: ``real_dir`` is missing, not a folder, or holds no image.
@@ -184,8 +187,8 @@ def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
         raise InputError(root, "real-scan folder not found" if not root.exists() else "not a folder")
     scans = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here == root and d in REFERENCE_DIRS))
         names = sorted(f for f in files if not f.startswith("."))
         if any(f.lower().endswith(".dcm") or is_dicom_file(here / f) for f in names if not is_nifti(here / f)):
             scans.append(Scan(str(here), _real_group(here, root), here.relative_to(root).as_posix(), False))
@@ -871,6 +874,16 @@ CREDITS = """Real references (third-party data, read from `../shared/realct`, ne
 """
 
 
+LESION_CREDITS = """- `mosmed_ct1_masks/`: the lesion masks of 50 MosMedData CT-1 studies (CC BY-NC-ND 3.0);
+  Morozov S.P. et al., MosMedData: Chest CT Scans With COVID-19 Related Findings Dataset, medRxiv 2020,
+  doi:10.1101/2020.05.20.20100362.
+- `covid_slices/sbu/`: 14 slices of TCIA's COVID-19-NY-SBU (CC BY 4.0); Saltz J. et al., Stony Brook University
+  COVID-19 Positive Cases, The Cancer Imaging Archive, 2021, doi:10.7937/TCIA.BBAG-2923.
+- `covid_slices/medseg/`: the COVID-19 CT segmentation dataset of the Italian Society of Medical and
+  Interventional Radiology (medicalsegmentation.com/covid19, 2020), as split by Fan D.-P. et al., Inf-Net,
+  IEEE TMI 2020.
+"""
+
 DOC_GUIDE = """How to read it:
 
 - "real normal" is the two Lung-PET-CT-Dx series and the TotalSegmentator CTA crop; "RICORD negative" and
@@ -891,8 +904,12 @@ DOC_GUIDE = """How to read it:
 """
 
 
-def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | None = None) -> dict:
-    """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary."""
+def write_outputs(
+    out_dir: Path, records: list[dict], meta: dict, docs: Path | None = None, lesions_md: str | None = None
+) -> dict:
+    """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary.
+    ``lesions_md``, the lesion section (:func:`pipeline.synth.realism_lesions.write_lesion_outputs`), ends the
+    docs page."""
     groups = _group_order(records)
     summary = group_summary(records, groups)
     verdict = verdicts(records, groups)
@@ -920,12 +937,13 @@ def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | N
         doc = (
             "# How real is the synthetic phantom?\n\n"
             f"Made on {meta['date']} (code at {meta.get('git', 'unknown')}) by one shell command, which also "
-            f"regenerates this page and its figure:\n\n    {made}\n\n"
+            f"regenerates this page and its figures:\n\n    {made}\n\n"
             "`python -m pipeline realism` (`pipeline/synth/realism.py`, whose docstring defines every figure)\n"
             "measures the same figures on every scan, real or synthetic, inside the same lung mask\n"
             "(`pipeline.transforms.lung.lung_mask`). Each cell is the median (min to max) over the group's scans;\n"
             f"`-` where not measurable. {meta['note']}\n\n{DOC_GUIDE}\n{table}\n![realism](images/realism.png)\n\n"
-            f"{CREDITS}"
+            + (f"## Lesions: synthetic vs real COVID-19\n\n{lesions_md}\n" if lesions_md else "")
+            + f"{CREDITS}{LESION_CREDITS if lesions_md else ''}"
         )
         atomic_write_text(docs / "realism.md", doc)
         atomic_write_bytes(docs / "images" / "realism.png", png)
@@ -938,6 +956,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("real_dir", help="folder of real CTs: NIfTI files and DICOM series folders, at any depth")
     parser.add_argument("--out", default="realism", help="output folder (default ./realism)")
     parser.add_argument("--max-per-category", type=int, default=10, help="synthetic studies per category (default 10)")
+    parser.add_argument(
+        "--lesion-max-per-category",
+        type=int,
+        default=20,
+        help="synthetic studies per category CT-1..CT-4 in the lesion section (default 20)",
+    )
     parser.add_argument(
         "--docs", metavar="DOCS_DIR", help="also write DOCS_DIR/realism.md and DOCS_DIR/images/realism.png"
     )
@@ -983,8 +1007,9 @@ def _git_revision() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``realism``: measure, summarise, write."""
-    if args.max_per_category < 1:
-        raise InputError(args.cohort, f"--max-per-category must be >= 1, got {args.max_per_category}")
+    for opt in ("max_per_category", "lesion_max_per_category"):
+        if getattr(args, opt) < 1:
+            raise InputError(args.cohort, f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     real = find_real_scans(args.real_dir)
     synth = find_synthetic_scans(args.cohort, args.max_per_category)
@@ -996,15 +1021,12 @@ def run(args: argparse.Namespace) -> int:
         f"{len(real)} real scans from `{args.real_dir}`."
         + (f" Not chest CTs (own row, not in 'real normal'): {', '.join(excluded)}." if excluded else "")
     )
-    argv = [a for a in sys.argv[1:]] if sys.argv and sys.argv[0].endswith("__main__.py") else None
-    command = (
-        "python -m pipeline " + shlex.join(argv)
-        if argv
-        else (
-            f"python -m pipeline realism {shlex.quote(str(args.cohort))} {shlex.quote(str(args.real_dir))} "
-            f"--out {shlex.quote(str(args.out))} --max-per-category {args.max_per_category}"
-            + (f" --docs {shlex.quote(str(args.docs))}" if args.docs else "")
-        )
+    command = (  # from the parsed options (not sys.argv, which is a test runner's own under tests)
+        f"python -m pipeline realism {shlex.quote(str(args.cohort))} {shlex.quote(str(args.real_dir))} "
+        f"--out {shlex.quote(str(args.out))} --max-per-category {args.max_per_category} "
+        f"--lesion-max-per-category {args.lesion_max_per_category}"
+        + (f" --docs {shlex.quote(str(args.docs))}" if args.docs else "")
+        + (" --quiet" if args.quiet else "")
     )
     meta = {
         "date": datetime.date.today().isoformat(),
@@ -1026,11 +1048,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
-    summary = write_outputs(out, records, meta, Path(args.docs) if args.docs else None)
+    from pipeline.synth import realism_lesions
+
+    docs = Path(args.docs) if args.docs else None
+    section = realism_lesions.lesion_section(args.cohort, args.real_dir, args.lesion_max_per_category, progress=say)
+    lesions_md = realism_lesions.write_lesion_outputs(out, section, meta, docs)
+    summary = write_outputs(out, records, meta, docs, lesions_md)
     if say:
         groups = _group_order(records)
         print(markdown_table(summary, groups, verdicts(records, groups)))
-    print(f"wrote {out / 'realism.json'}, realism.csv, realism_scans.csv, realism.md, realism.png")
+    if say:
+        print(lesions_md)
+    print(f"wrote {out / 'realism.json'}, realism.csv, realism_scans.csv, realism.md, realism.png, realism_lesions.*")
     if args.docs:
-        print(f"wrote {Path(args.docs) / 'realism.md'} and {Path(args.docs) / 'images' / 'realism.png'}")
+        print(f"wrote {Path(args.docs) / 'realism.md'} and {Path(args.docs) / 'images'}/realism(_lesions).png")
     return 0
