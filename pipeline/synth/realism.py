@@ -1,4 +1,4 @@
-"""How real is the phantom? ``python -m pipeline realism COHORT REAL_DIR --out DIR``.
+"""How real is the phantom? ``python -m pipeline realism COHORT REAL_DIR --out DIR [--docs DOCS]``.
 
 Measures the same figures, with the same lung mask (:func:`pipeline.transforms.lung.lung_mask`), on the
 studies of a synthetic cohort (grouped by category, ``CT-0`` ... ``CT-4``) and on real chest CTs found
@@ -39,9 +39,16 @@ Figures of one scan (volume loaded with MONAI ``LoadImage`` and ``Orientation("R
 Outputs in ``DIR``: ``realism.json`` (settings, per-group summaries and per-scan records with the
 histograms and spectra), ``realism.csv`` (one row per group: median, min and max of every figure),
 ``realism_scans.csv`` (one row per scan), ``realism.md`` (the table, figures by groups) and
-``realism.png`` (distributions side by side, the lung HU histograms and the spectra overlaid). With
-``--docs DOCS`` the table also goes to ``DOCS/realism.md`` (with the command and the data credits) and the
-figure to ``DOCS/images/realism.png``. Every file is written atomically.
+``realism.png`` (distributions side by side, the lung HU histograms and the spectra overlaid).
+
+The lesion section (:mod:`pipeline.synth.realism_lesions`, whose docstring defines its figures) measures the
+cohort's lesion masks of CT-1..CT-4 (at most ``--lesion-max-per-category`` each) beside the real lesion
+references under ``REAL_DIR`` (:data:`REFERENCE_DIRS`, which the section above skips, and the RICORD slabs):
+``realism_lesions.json``, ``realism_lesions.md`` and ``realism_lesions.png``.
+
+With ``--docs DOCS`` both tables also go to ``DOCS/realism.md`` (with the command and the data credits) and
+the figures to ``DOCS/images/realism.png`` and ``DOCS/images/realism_lesions.png``. Every file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -934,10 +941,13 @@ def write_outputs(
     atomic_write_bytes(out_dir / "realism.png", png)
     if docs is not None:
         made = " && \\\n    ".join(c for c in (meta.get("synth_command"), meta["command"]) if c)
+        took = ""
+        if "minutes" in meta:
+            took = f"The realism step took {meta['minutes']:.0f} min on {os.cpu_count()} CPU cores.\n\n"
         doc = (
             "# How real is the synthetic phantom?\n\n"
             f"Made on {meta['date']} (code at {meta.get('git', 'unknown')}) by one shell command, which also "
-            f"regenerates this page and its figures:\n\n    {made}\n\n"
+            f"regenerates this page and its figures:\n\n    {made}\n\n{took}"
             "`python -m pipeline realism` (`pipeline/synth/realism.py`, whose docstring defines every figure)\n"
             "measures the same figures on every scan, real or synthetic, inside the same lung mask\n"
             "(`pipeline.transforms.lung.lung_mask`). Each cell is the median (min to max) over the group's scans;\n"
@@ -1014,6 +1024,7 @@ def run(args: argparse.Namespace) -> int:
     real = find_real_scans(args.real_dir)
     synth = find_synthetic_scans(args.cohort, args.max_per_category)
     say = None if args.quiet else (lambda s: print(s, flush=True))
+    t0 = time.perf_counter()
     records = compare([*real, *synth], progress=say)
     excluded = [r["name"] for r in records if r["group"] == REAL_NONCHEST]
     note = (
@@ -1052,6 +1063,7 @@ def run(args: argparse.Namespace) -> int:
 
     docs = Path(args.docs) if args.docs else None
     section = realism_lesions.lesion_section(args.cohort, args.real_dir, args.lesion_max_per_category, progress=say)
+    meta["minutes"] = round((time.perf_counter() - t0) / 60.0, 1)
     lesions_md = realism_lesions.write_lesion_outputs(out, section, meta, docs)
     summary = write_outputs(out, records, meta, docs, lesions_md)
     if say:

@@ -643,6 +643,8 @@ def markdown(summary: dict) -> str:
             f"{CONSOLIDATION_HU:.0f} HU in the exact mask (row 'consolidation' below).\n"
         )
     parts.append("\nLesion HU and texture:\n\n" + _table(summary["hu_summary"], HU_FIGURES, summary["hu_counts"]))
+    if summary["hu_no_region"]:
+        parts.append(f"\nNo region (lung mask empty, or nothing outlined): {', '.join(summary['hu_no_region'])}.\n")
     check = summary["ct1_check"]
     if check:
         lines = [
@@ -771,7 +773,8 @@ LESION_GUIDE = f"""How to read it:
 - Position is measured from the mask alone, as the real masks come without their scans: "outer third of
   lesion envelope" is a proxy for subpleural (an even spread over a disk gives 56 %); on the synthetic studies
   the same share with the envelope of the lung mask shows how far the proxy is from the lung's own periphery.
-  "below mid-scan" and "posterior half" are relative to the scan's slice range and field of view.
+  "below mid-scan" and "posterior half" are relative to the scan's slice range and field of view (a field of
+  view holding more of the couch below the patient than above moves the body, so its lesions, forward).
 - Lesion HU and texture of the real scans are measured in the region the outline rule draws (red in the
   figure): inside the lung mask, {OUTLINE_HU[0]:.0f} to {OUTLINE_HU[1]:.0f} HU, more than
   {OUTLINE_SOLID_MARGIN_MM:g} mm from anything denser, opened by a {OUTLINE_OPEN_MM:g} mm disk, 2D pieces of at

@@ -242,6 +242,8 @@ def test_the_outline_rule_on_real_covid_slices(shared_realct):
     assert len(recs) == 14
     found = [r for r in recs if not r["lung_empty"]]
     assert len(found) >= 10
+    lo, hi = realism_lesions.OUTLINE_HU
     for r in found:
-        assert -750 <= r["hu_p10"] <= r["hu_p50"] <= r["hu_p90"] <= -100, r["name"]
-        assert r["region_cm2_per_slice"] > 5, r["name"]
+        assert lo <= r["hu_p10"] < r["hu_p50"] < r["hu_p90"] <= hi, r["name"]
+        assert r["region_cm2_per_slice"] > 5 and 2 < r["region_lung_pct"] < 60, r["name"]
+        assert 20 < r["local_sd_hu"] < 120, r["name"]
