@@ -160,12 +160,13 @@ _BAND_KEYS = ("tex_rms_12_25mm", "tex_rms_6_12mm", "tex_rms_3_6mm")
 
 @dataclass(frozen=True)
 class Scan:
-    """One volume to measure: its file or DICOM folder, its group and a short name."""
+    """One volume to measure: its file or DICOM folder, its group, a short name and its lesion mask, if any."""
 
     path: str
     group: str
     name: str
     synthetic: bool
+    mask: str | None = None
 
 
 # ----------------------------------------------------------------------------------------- discovery
@@ -209,9 +210,15 @@ def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
     return scans
 
 
-def find_synthetic_scans(cohort: str | os.PathLike, max_per_category: int | None = None) -> list[Scan]:
+def find_synthetic_scans(
+    cohort: str | os.PathLike,
+    max_per_category: int | None = None,
+    categories: Sequence[str] | None = None,
+    with_mask: bool = False,
+) -> list[Scan]:
     """The studies of a cohort (any layout :func:`pipeline.data.cohort.discover` reads), at most
-    ``max_per_category`` per category (the first by name); studies without a category form "synthetic"."""
+    ``max_per_category`` per category (the first by name); studies without a category form "synthetic".
+    ``categories`` keeps only those; ``with_mask`` only studies with a lesion mask."""
     from pipeline.data.cohort import discover
 
     studies = discover(cohort)
@@ -219,10 +226,12 @@ def find_synthetic_scans(cohort: str | os.PathLike, max_per_category: int | None
     scans = []
     for s in sorted(studies, key=lambda s: (s.category or "", s.study_id)):
         group = s.category or "synthetic"
+        if (categories is not None and group not in categories) or (with_mask and not s.mask):
+            continue
         if max_per_category is not None and counts.get(group, 0) >= max_per_category:
             continue
         counts[group] = counts.get(group, 0) + 1
-        scans.append(Scan(str(s.image), group, s.study_id, True))
+        scans.append(Scan(str(s.image), group, s.study_id, True, s.mask))
     return scans
 
 
@@ -812,11 +821,18 @@ def plot(records: Sequence[dict], groups: Sequence[str], title: str = "") -> byt
     for ax in extra:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    return png_bytes(fig, title, dpi=80)
+
+
+def png_bytes(fig, title: str = "", dpi: int = 80) -> bytes:
+    """A matplotlib figure, titled and laid out, as PNG bytes (no software stamp: same code, same bytes); closed."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 

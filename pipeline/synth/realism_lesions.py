@@ -51,7 +51,6 @@ interquartile ranges (the issue's calibration target).
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
@@ -69,13 +68,16 @@ from pipeline.synth.realism import (
     RICORD_NEG,
     RICORD_POS,
     WALL_MM,
+    Scan,
     _edt_2d,
     _fill_slices,
     _inplane_resample,
     _local_sd,
     _opening_2d,
     find_real_scans,
+    find_synthetic_scans,
     load_ras,
+    png_bytes,
 )
 from pipeline.utils.errors import InputError
 
@@ -402,23 +404,7 @@ def _outlined(group: str, name: str, volume: np.ndarray, spacing: Sequence[float
     return rec, _view(f"{group}: {name}", volume, region, spacing)
 
 
-def _synthetic_studies(cohort: str | os.PathLike, per_category: int) -> list:
-    """The first ``per_category`` studies (by id) with a mask of each category in :data:`SYNTH_CATEGORIES`."""
-    from pipeline.data.cohort import discover
-
-    studies = sorted(
-        (s for s in discover(cohort) if s.category in SYNTH_CATEGORIES and s.mask),
-        key=lambda s: (s.category, s.study_id),
-    )
-    out, counts = [], {}
-    for s in studies:
-        if counts.get(s.category, 0) < per_category:
-            counts[s.category] = counts.get(s.category, 0) + 1
-            out.append(s)
-    return out
-
-
-def measure_synthetic(study) -> tuple[dict, list[dict], dict]:
+def measure_synthetic(study: Scan) -> tuple[dict, list[dict], dict]:
     """Mask figures and HU figures (exact mask, outline rule) of one synthetic study of a cohort.
 
     Returns ``(mask record, [exact-mask HU record, outlined HU record], figure slice)``.
@@ -426,19 +412,19 @@ def measure_synthetic(study) -> tuple[dict, list[dict], dict]:
     Raises:
         InputError: image and mask differ in shape.
     """
-    volume, spacing = load_ras(study.image)
+    volume, spacing = load_ras(study.path)
     mask, _ = read_mask(study.mask)
     if mask.shape != volume.shape:
         raise InputError(study.mask, f"shape {mask.shape} differs from its image's {volume.shape}")
-    lung = _lung(volume, spacing, study.study_id)
-    base = {"group": study.category, "name": study.study_id, "synthetic": True}
+    lung = _lung(volume, spacing, study.name)
+    base = {"group": study.group, "name": study.name, "synthetic": True}
     rec = {**base, **mask_figures(mask, spacing, lung)}
     region = outline_lesions(volume, lung, spacing)
     hu = [
-        {**base, "hu_group": f"{study.category}, exact mask", **hu_figures(volume, mask, spacing, lung)},
-        {**base, "hu_group": f"{study.category}, outlined", **hu_figures(volume, region, spacing, lung)},
+        {**base, "hu_group": f"{study.group}, exact mask", **hu_figures(volume, mask, spacing, lung)},
+        {**base, "hu_group": f"{study.group}, outlined", **hu_figures(volume, region, spacing, lung)},
     ]
-    return rec, hu, _view(f"{study.category}: {study.study_id}", volume, region, spacing, mask)
+    return rec, hu, _view(f"{study.group}: {study.name}", volume, region, spacing, mask)
 
 
 def lesion_section(
@@ -487,16 +473,16 @@ def lesion_section(
         if src is None:
             logger.warning("lesion reference %r not found under %s; left out", name, real)
     shown = set()
-    for study in _synthetic_studies(cohort, per_category):
+    for study in find_synthetic_scans(cohort, per_category, SYNTH_CATEGORIES, with_mask=True):
         t = time.perf_counter()
         rec, hu_recs, view = measure_synthetic(study)
         masks.append(rec)
         hu.extend(hu_recs)
-        if study.category not in shown:  # the first study of each category goes into the figure
-            shown.add(study.category)
+        if study.group not in shown:  # the first study of each category goes into the figure
+            shown.add(study.group)
             views.append(view)
         say(
-            f"{study.category:5s} {study.study_id}: {rec['total_ml']:.0f} mL in {rec['n_pieces']} pieces, "
+            f"{study.group:5s} {study.name}: {rec['total_ml']:.0f} mL in {rec['n_pieces']} pieces, "
             f"largest {rec['largest_ml']:.0f} mL ({time.perf_counter() - t:.1f} s)"
         )
     return {"masks": masks, "hu": hu, "medseg": medseg, "views": views, "sources": sources}
@@ -754,13 +740,7 @@ def plot(section: dict, summary: dict, title: str = "") -> bytes:
             ax.contour(view["exact"].T[::-1, ::-1].astype(float), levels=[0.5], colors="#30c0ff", linewidths=0.6)
         ax.set_title(view["name"], fontsize=7)
         ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=72, metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, title, dpi=72)
 
 
 # ----------------------------------------------------------------------------------------- outputs
