@@ -79,6 +79,7 @@ from pipeline.synth.realism import (
     load_ras,
     png_bytes,
 )
+from pipeline.transforms.plausibility import MIN_AERATED_ML, aerated_lung_ml
 from pipeline.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -386,12 +387,25 @@ def _lung(volume: np.ndarray, spacing: Sequence[float], name: str) -> np.ndarray
         return np.zeros(volume.shape, bool)
 
 
-def _view(name: str, volume: np.ndarray, region: np.ndarray, spacing, exact: np.ndarray | None = None) -> dict:
-    """The slice of the figure: the one with the most ``exact`` (else ``region``) voxels, and its outlines."""
+#: Margin (mm) around the lungs of a slice drawn in the figure.
+VIEW_MARGIN_MM = 15.0
+
+
+def _view(name: str, volume, region, lung, spacing, exact: np.ndarray | None = None) -> dict | None:
+    """The slice of the figure, cropped to its lungs: the one with the most ``exact`` (else ``region``) voxels,
+    and its outlines; ``None`` where the lung mask is empty (nothing to show)."""
+    if not lung.any():
+        return None
     ref = region if exact is None else exact
-    k = int(np.argmax(ref.sum(axis=(0, 1)))) if ref.any() else volume.shape[2] // 2
-    view = {"name": name, "hu": volume[..., k], "region": region[..., k], "spacing": tuple(spacing[:2])}
-    view["exact"] = None if exact is None else exact[..., k]
+    k = int(np.argmax(ref.sum(axis=(0, 1)))) if ref.any() else int(np.argmax(lung.sum(axis=(0, 1))))
+    box = []
+    for axis in (0, 1):
+        idx = np.nonzero(lung.any(axis=(1 - axis, 2)))[0]
+        m = round(VIEW_MARGIN_MM / spacing[axis])
+        box.append(slice(max(0, idx[0] - m), idx[-1] + m + 1))
+    box = tuple(box)
+    view = {"name": name, "hu": volume[box][..., k], "region": region[box][..., k], "spacing": tuple(spacing[:2])}
+    view["exact"] = None if exact is None else exact[box][..., k]
     return view
 
 
@@ -401,7 +415,7 @@ def _outlined(group: str, name: str, volume: np.ndarray, spacing: Sequence[float
     region = outline_lesions(volume, lung, spacing)
     rec = {"group": group, "hu_group": f"{group}, outlined", "name": name, **hu_figures(volume, region, spacing, lung)}
     rec["lung_empty"] = not lung.any()
-    return rec, _view(f"{group}: {name}", volume, region, spacing)
+    return rec, _view(f"{group}: {name}", volume, region, lung, spacing)
 
 
 def measure_synthetic(study: Scan) -> tuple[dict, list[dict], dict]:
@@ -424,7 +438,7 @@ def measure_synthetic(study: Scan) -> tuple[dict, list[dict], dict]:
         {**base, "hu_group": f"{study.group}, exact mask", **hu_figures(volume, mask, spacing, lung)},
         {**base, "hu_group": f"{study.group}, outlined", **hu_figures(volume, region, spacing, lung)},
     ]
-    return rec, hu, _view(f"{study.group}: {study.name}", volume, region, spacing, mask)
+    return rec, hu, _view(f"{study.group}: {study.name}", volume, region, lung, spacing, mask)
 
 
 def lesion_section(
@@ -453,19 +467,23 @@ def lesion_section(
         volume, spacing = read_hu_slice(path)
         rec, view = _outlined(SBU, path.stem, volume, spacing)
         hu.append(rec)
-        views.append(view)
+        views.append(view)  # None where the lung mask is empty: left out of the figure
     sources[SBU] = str(real / SBU_DIR) if sbu else None
     # RICORD positive slabs, and controls: what the rule outlines in lungs without COVID-19 (the normal-lung
     # section's real scans)
     n_pos = 0
     for scan in find_real_scans(real):
-        if scan.group in (RICORD_POS, REAL_NORMAL, RICORD_NEG):
-            group = scan.group if scan.group == RICORD_POS else f"{scan.group} (control)"
-            rec, view = _outlined(group, scan.name, *load_ras(scan.path))
-            hu.append(rec)
-            n_pos += scan.group == RICORD_POS
-            if scan.group != RICORD_NEG and not rec["lung_empty"]:
-                views.append(view)
+        if scan.group not in (RICORD_POS, REAL_NORMAL, RICORD_NEG):
+            continue
+        volume, spacing = load_ras(scan.path)
+        if scan.group == REAL_NORMAL and aerated_lung_ml(volume, np.diag([*spacing, 1.0])) < MIN_AERATED_ML:
+            continue  # not a chest CT (the normal-lung section's "real non-chest")
+        group = scan.group if scan.group == RICORD_POS else f"{scan.group} (control)"
+        rec, view = _outlined(group, scan.name, volume, spacing)
+        hu.append(rec)
+        n_pos += scan.group == RICORD_POS
+        if scan.group != RICORD_NEG:
+            views.append(view)
     sources[RICORD_POS] = str(real) if n_pos else None
     medseg = medseg_shares(real / MEDSEG_DIR) if (real / MEDSEG_DIR).is_dir() else []
     sources[MEDSEG] = str(real / MEDSEG_DIR) if medseg else None
@@ -485,6 +503,7 @@ def lesion_section(
             f"{study.group:5s} {study.name}: {rec['total_ml']:.0f} mL in {rec['n_pieces']} pieces, "
             f"largest {rec['largest_ml']:.0f} mL ({time.perf_counter() - t:.1f} s)"
         )
+    views = [v for v in views if v is not None]
     return {"masks": masks, "hu": hu, "medseg": medseg, "views": views, "sources": sources}
 
 
@@ -796,7 +815,7 @@ def write_lesion_outputs(out_dir: Path, section: dict, meta: dict, docs: Path | 
         "hu_edges": HU_EDGES.tolist(),
     }
     text = f"{LESION_GUIDE}\n{markdown(summary)}\n![lesions](images/realism_lesions.png)\n"
-    png = plot(section, summary, title=f"lesions: {meta.get('cohort', '')} vs {meta.get('real_dir', '')}")
+    png = plot(section, summary)
     atomic_write_text(out_dir / "realism_lesions.json", json.dumps(_jsonable(payload), indent=1, allow_nan=False))
     atomic_write_text(out_dir / "realism_lesions.md", f"# Lesions: synthetic vs real COVID-19\n\n{text}")
     atomic_write_bytes(out_dir / "realism_lesions.png", png)

@@ -237,7 +237,13 @@ def test_the_outline_rule_on_real_covid_slices(shared_realct):
     for path in sorted((shared_realct / realism_lesions.SBU_DIR).glob("*.dcm")):
         volume, spacing = read_hu_slice(path)
         rec, view = realism_lesions._outlined(realism_lesions.SBU, path.stem, volume, spacing)
-        assert view["hu"].shape == view["region"].shape == volume.shape[:2]
+        if rec["lung_empty"]:
+            assert view is None  # nothing to show
+        else:  # cropped to the lungs
+            assert view["hu"].shape == view["region"].shape  # the crop holds the whole outline:
+            area_cm2 = view["region"].sum() * spacing[0] * spacing[1] / 100.0
+            assert area_cm2 == pytest.approx(rec["region_cm2_per_slice"])
+            assert 100 < view["hu"].shape[0] <= volume.shape[0] and 100 < view["hu"].shape[1] <= volume.shape[1]
         recs.append(rec)
     assert len(recs) == 14
     found = [r for r in recs if not r["lung_empty"]]
