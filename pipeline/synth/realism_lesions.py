@@ -630,7 +630,7 @@ def summary_payload(section: dict) -> dict:
 
 def markdown(summary: dict) -> str:
     """The lesion section of the realism page: tables of mask figures, size distribution, HU figures, check."""
-    parts = ["Median (interquartile range) over each group's studies (slices for SBU, slabs for RICORD).\n"]
+    parts = ["Median (interquartile range) over each group's studies (slices for SBU, slabs for RICORD).\n\n"]
     parts.append(_table(summary["mask_summary"], MASK_FIGURES, summary["mask_counts"]))
     sd = summary["size_distribution"]
     head = "| pieces by volume | " + " | ".join(f"{g} ({sd[g]['n_pieces']} pieces)" for g in sd) + " |"
@@ -759,7 +759,7 @@ def plot(section: dict, summary: dict, title: str = "") -> bytes:
             ax.contour(view["exact"].T[::-1, ::-1].astype(float), levels=[0.5], colors="#30c0ff", linewidths=0.6)
         ax.set_title(view["name"], fontsize=7)
         ax.axis("off")
-    return png_bytes(fig, title, dpi=72)
+    return png_bytes(fig, title, dpi=60)
 
 
 # ----------------------------------------------------------------------------------------- outputs
@@ -768,20 +768,25 @@ LESION_GUIDE = f"""How to read it:
 
 - "real CT-1" is the 50 radiologist masks of MosMedData's CT-1 studies (8 mm slices); the synthetic groups are
   the cohort's exact lesion masks. Pieces are {CONNECTIVITY}-connected (faces only; 26-connectivity merges
-  diagonal neighbours and gives fewer pieces), volumes come from each mask's affine.
+  diagonal neighbours and gives fewer pieces), volumes come from each mask's affine. Real CT-1 pieces are
+  mostly specks: their median piece is a few voxels.
 - Position is measured from the mask alone, as the real masks come without their scans: "outer third of
   lesion envelope" is a proxy for subpleural (an even spread over a disk gives 56 %); on the synthetic studies
   the same share with the envelope of the lung mask shows how far the proxy is from the lung's own periphery.
   "below mid-scan" and "posterior half" are relative to the scan's slice range and field of view (a field of
   view holding more of the couch below the patient than above moves the body, so its lesions, forward).
 - Lesion HU and texture of the real scans are measured in the region the outline rule draws (red in the
-  figure): inside the lung mask, {OUTLINE_HU[0]:.0f} to {OUTLINE_HU[1]:.0f} HU, more than
-  {OUTLINE_SOLID_MARGIN_MM:g} mm from anything denser, opened by a {OUTLINE_OPEN_MM:g} mm disk, 2D pieces of at
-  least {OUTLINE_MIN_MM2:g} mm^2. It catches ground glass, not consolidation (above its range) nor foci under
-  about {2 * OUTLINE_OPEN_MM:g} mm, and some dependent density or partial volume of normal lung: compare the
-  real rows with the synthetic "outlined" rows, drawn by the same rule; the "exact mask" rows are the
-  phantom's truth (its exact mask in blue in the figure). SBU slices are 1-5 mm thick, RICORD 3 mm, the
-  synthetic studies 8 mm: thicker slices average texture away.
+  figure): inside the lung mask, {OUTLINE_HU[0]:.0f} to {OUTLINE_HU[1]:.0f} HU, more than \
+{OUTLINE_SOLID_MARGIN_MM:g} mm from
+  anything denser, opened by a {OUTLINE_OPEN_MM:g} mm disk, 2D pieces of at least {OUTLINE_MIN_MM2:g} mm^2. It \
+catches ground glass, not
+  consolidation (above its range) nor foci under about {2 * OUTLINE_OPEN_MM:g} mm, and also some dependent \
+density and partial
+  volume of normal lung: the "control" rows show how much on real scans without COVID-19. Compare the real rows
+  with the synthetic "outlined" rows, drawn by the same rule; the "exact mask" rows are the phantom's truth
+  (its exact mask in blue in the figure). SBU slices are 1-5 mm thick, RICORD 3 mm, the synthetic studies
+  8 mm: thicker slices average texture away, and the local SD of real scans is mostly their noise (the
+  controls read the same).
 - MedSeg images are 8-bit lung-window crops of unknown pixel size: only their ground-glass/consolidation
   share is used.
 """
