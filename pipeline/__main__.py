@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "realism": (
         "pipeline.synth.realism",
-        "compare synthetic and real chest CTs: lung HU, texture, vessels, noise, shape",
+        "compare synthetic and real chest CTs: lung HU, texture, vessels, noise, shape, lesions",
     ),
 }
 

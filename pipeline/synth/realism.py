@@ -1,4 +1,4 @@
-"""How real is the phantom? ``python -m pipeline realism COHORT REAL_DIR --out DIR``.
+"""How real is the phantom? ``python -m pipeline realism COHORT REAL_DIR --out DIR [--docs DOCS]``.
 
 Measures the same figures, with the same lung mask (:func:`pipeline.transforms.lung.lung_mask`), on the
 studies of a synthetic cohort (grouped by category, ``CT-0`` ... ``CT-4``) and on real chest CTs found
@@ -39,9 +39,16 @@ Figures of one scan (volume loaded with MONAI ``LoadImage`` and ``Orientation("R
 Outputs in ``DIR``: ``realism.json`` (settings, per-group summaries and per-scan records with the
 histograms and spectra), ``realism.csv`` (one row per group: median, min and max of every figure),
 ``realism_scans.csv`` (one row per scan), ``realism.md`` (the table, figures by groups) and
-``realism.png`` (distributions side by side, the lung HU histograms and the spectra overlaid). With
-``--docs DOCS`` the table also goes to ``DOCS/realism.md`` (with the command and the data credits) and the
-figure to ``DOCS/images/realism.png``. Every file is written atomically.
+``realism.png`` (distributions side by side, the lung HU histograms and the spectra overlaid).
+
+The lesion section (:mod:`pipeline.synth.realism_lesions`, whose docstring defines its figures) measures the
+cohort's lesion masks of CT-1..CT-4 (at most ``--lesion-max-per-category`` each) beside the real lesion
+references under ``REAL_DIR`` (:data:`REFERENCE_DIRS`, which the section above skips, and the RICORD slabs):
+``realism_lesions.json``, ``realism_lesions.md`` and ``realism_lesions.png``.
+
+With ``--docs DOCS`` both tables also go to ``DOCS/realism.md`` (with the command and the data credits) and
+the figures to ``DOCS/images/realism.png`` and ``DOCS/images/realism_lesions.png``. Every file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -55,7 +62,6 @@ import logging
 import math
 import os
 import shlex
-import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -124,6 +130,9 @@ REAL_NORMAL, RICORD_NEG, RICORD_POS, REAL_NONCHEST = (
     "real non-chest",
 )
 REAL_GROUPS = (REAL_NORMAL, RICORD_NEG, RICORD_POS, REAL_NONCHEST)
+#: Folders directly under ``REAL_DIR`` that hold lesion references (masks, single slices), not whole scans:
+#: the normal-lung section skips them, the lesion section (:mod:`pipeline.synth.realism_lesions`) reads them.
+REFERENCE_DIRS = ("mosmed_ct1_masks", "covid_slices")
 
 #: The figures summarised per group: key -> (label, unit/format hint).
 FIGURES: dict[str, str] = {
@@ -151,12 +160,13 @@ _BAND_KEYS = ("tex_rms_12_25mm", "tex_rms_6_12mm", "tex_rms_3_6mm")
 
 @dataclass(frozen=True)
 class Scan:
-    """One volume to measure: its file or DICOM folder, its group and a short name."""
+    """One volume to measure: its file or DICOM folder, its group, a short name and its lesion mask, if any."""
 
     path: str
     group: str
     name: str
     synthetic: bool
+    mask: str | None = None
 
 
 # ----------------------------------------------------------------------------------------- discovery
@@ -172,7 +182,8 @@ def _real_group(path: Path, root: Path) -> str:
 
 
 def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
-    """Every NIfTI file and DICOM series folder under ``real_dir``, grouped by path, sorted.
+    """Every NIfTI file and DICOM series folder under ``real_dir``, grouped by path, sorted; the lesion
+    references (:data:`REFERENCE_DIRS`) left out.
 
     Raises:
         InputError: ``real_dir`` is missing, not a folder, or holds no image.
@@ -184,8 +195,8 @@ def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
         raise InputError(root, "real-scan folder not found" if not root.exists() else "not a folder")
     scans = []
     for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (here == root and d in REFERENCE_DIRS))
         names = sorted(f for f in files if not f.startswith("."))
         if any(f.lower().endswith(".dcm") or is_dicom_file(here / f) for f in names if not is_nifti(here / f)):
             scans.append(Scan(str(here), _real_group(here, root), here.relative_to(root).as_posix(), False))
@@ -199,9 +210,15 @@ def find_real_scans(real_dir: str | os.PathLike) -> list[Scan]:
     return scans
 
 
-def find_synthetic_scans(cohort: str | os.PathLike, max_per_category: int | None = None) -> list[Scan]:
+def find_synthetic_scans(
+    cohort: str | os.PathLike,
+    max_per_category: int | None = None,
+    categories: Sequence[str] | None = None,
+    with_mask: bool = False,
+) -> list[Scan]:
     """The studies of a cohort (any layout :func:`pipeline.data.cohort.discover` reads), at most
-    ``max_per_category`` per category (the first by name); studies without a category form "synthetic"."""
+    ``max_per_category`` per category (the first by name); studies without a category form "synthetic".
+    ``categories`` keeps only those; ``with_mask`` only studies with a lesion mask."""
     from pipeline.data.cohort import discover
 
     studies = discover(cohort)
@@ -209,10 +226,12 @@ def find_synthetic_scans(cohort: str | os.PathLike, max_per_category: int | None
     scans = []
     for s in sorted(studies, key=lambda s: (s.category or "", s.study_id)):
         group = s.category or "synthetic"
+        if (categories is not None and group not in categories) or (with_mask and not s.mask):
+            continue
         if max_per_category is not None and counts.get(group, 0) >= max_per_category:
             continue
         counts[group] = counts.get(group, 0) + 1
-        scans.append(Scan(str(s.image), group, s.study_id, True))
+        scans.append(Scan(str(s.image), group, s.study_id, True, s.mask))
     return scans
 
 
@@ -802,11 +821,18 @@ def plot(records: Sequence[dict], groups: Sequence[str], title: str = "") -> byt
     for ax in extra:
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    return png_bytes(fig, title, dpi=80)
+
+
+def png_bytes(fig, title: str = "", dpi: int = 80) -> bytes:
+    """A matplotlib figure, titled and laid out, as PNG bytes (no software stamp: same code, same bytes); closed."""
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
@@ -871,6 +897,16 @@ CREDITS = """Real references (third-party data, read from `../shared/realct`, ne
 """
 
 
+LESION_CREDITS = """- `mosmed_ct1_masks/`: the lesion masks of 50 MosMedData CT-1 studies (CC BY-NC-ND 3.0);
+  Morozov S.P. et al., MosMedData: Chest CT Scans With COVID-19 Related Findings Dataset, medRxiv 2020,
+  doi:10.1101/2020.05.20.20100362.
+- `covid_slices/sbu/`: 14 slices of TCIA's COVID-19-NY-SBU (CC BY 4.0); Saltz J. et al., Stony Brook University
+  COVID-19 Positive Cases, The Cancer Imaging Archive, 2021, doi:10.7937/TCIA.BBAG-2923.
+- `covid_slices/medseg/`: the COVID-19 CT segmentation dataset of the Italian Society of Medical and
+  Interventional Radiology (medicalsegmentation.com/covid19, 2020), as split by Fan D.-P. et al., Inf-Net,
+  IEEE TMI 2020.
+"""
+
 DOC_GUIDE = """How to read it:
 
 - "real normal" is the two Lung-PET-CT-Dx series and the TotalSegmentator CTA crop; "RICORD negative" and
@@ -891,8 +927,12 @@ DOC_GUIDE = """How to read it:
 """
 
 
-def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | None = None) -> dict:
-    """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary."""
+def write_outputs(
+    out_dir: Path, records: list[dict], meta: dict, docs: Path | None = None, lesions_md: str | None = None
+) -> dict:
+    """Write realism.json/.csv/_scans.csv/.md/.png into ``out_dir`` (and the docs pair); return the summary.
+    ``lesions_md``, the lesion section (:func:`pipeline.synth.realism_lesions.write_lesion_outputs`), ends the
+    docs page."""
     groups = _group_order(records)
     summary = group_summary(records, groups)
     verdict = verdicts(records, groups)
@@ -917,15 +957,19 @@ def write_outputs(out_dir: Path, records: list[dict], meta: dict, docs: Path | N
     atomic_write_bytes(out_dir / "realism.png", png)
     if docs is not None:
         made = " && \\\n    ".join(c for c in (meta.get("synth_command"), meta["command"]) if c)
+        took = ""
+        if "minutes" in meta:
+            took = f"The realism step took {meta['minutes']:.0f} min on {os.cpu_count()} CPU cores.\n\n"
         doc = (
             "# How real is the synthetic phantom?\n\n"
             f"Made on {meta['date']} (code at {meta.get('git', 'unknown')}) by one shell command, which also "
-            f"regenerates this page and its figure:\n\n    {made}\n\n"
+            f"regenerates this page and its figures:\n\n    {made}\n\n{took}"
             "`python -m pipeline realism` (`pipeline/synth/realism.py`, whose docstring defines every figure)\n"
             "measures the same figures on every scan, real or synthetic, inside the same lung mask\n"
             "(`pipeline.transforms.lung.lung_mask`). Each cell is the median (min to max) over the group's scans;\n"
             f"`-` where not measurable. {meta['note']}\n\n{DOC_GUIDE}\n{table}\n![realism](images/realism.png)\n\n"
-            f"{CREDITS}"
+            + (f"## Lesions: synthetic vs real COVID-19\n\n{lesions_md}\n" if lesions_md else "")
+            + f"{CREDITS}{LESION_CREDITS if lesions_md else ''}"
         )
         atomic_write_text(docs / "realism.md", doc)
         atomic_write_bytes(docs / "images" / "realism.png", png)
@@ -938,6 +982,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("real_dir", help="folder of real CTs: NIfTI files and DICOM series folders, at any depth")
     parser.add_argument("--out", default="realism", help="output folder (default ./realism)")
     parser.add_argument("--max-per-category", type=int, default=10, help="synthetic studies per category (default 10)")
+    parser.add_argument(
+        "--lesion-max-per-category",
+        type=int,
+        default=20,
+        help="synthetic studies per category CT-1..CT-4 in the lesion section (default 20)",
+    )
     parser.add_argument(
         "--docs", metavar="DOCS_DIR", help="also write DOCS_DIR/realism.md and DOCS_DIR/images/realism.png"
     )
@@ -983,12 +1033,14 @@ def _git_revision() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``realism``: measure, summarise, write."""
-    if args.max_per_category < 1:
-        raise InputError(args.cohort, f"--max-per-category must be >= 1, got {args.max_per_category}")
+    for opt in ("max_per_category", "lesion_max_per_category"):
+        if getattr(args, opt) < 1:
+            raise InputError(args.cohort, f"--{opt.replace('_', '-')} must be >= 1, got {getattr(args, opt)}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     real = find_real_scans(args.real_dir)
     synth = find_synthetic_scans(args.cohort, args.max_per_category)
     say = None if args.quiet else (lambda s: print(s, flush=True))
+    t0 = time.perf_counter()
     records = compare([*real, *synth], progress=say)
     excluded = [r["name"] for r in records if r["group"] == REAL_NONCHEST]
     note = (
@@ -996,15 +1048,12 @@ def run(args: argparse.Namespace) -> int:
         f"{len(real)} real scans from `{args.real_dir}`."
         + (f" Not chest CTs (own row, not in 'real normal'): {', '.join(excluded)}." if excluded else "")
     )
-    argv = [a for a in sys.argv[1:]] if sys.argv and sys.argv[0].endswith("__main__.py") else None
-    command = (
-        "python -m pipeline " + shlex.join(argv)
-        if argv
-        else (
-            f"python -m pipeline realism {shlex.quote(str(args.cohort))} {shlex.quote(str(args.real_dir))} "
-            f"--out {shlex.quote(str(args.out))} --max-per-category {args.max_per_category}"
-            + (f" --docs {shlex.quote(str(args.docs))}" if args.docs else "")
-        )
+    command = (  # from the parsed options (not sys.argv, which is a test runner's own under tests)
+        f"python -m pipeline realism {shlex.quote(str(args.cohort))} {shlex.quote(str(args.real_dir))} "
+        f"--out {shlex.quote(str(args.out))} --max-per-category {args.max_per_category} "
+        f"--lesion-max-per-category {args.lesion_max_per_category}"
+        + (f" --docs {shlex.quote(str(args.docs))}" if args.docs else "")
+        + (" --quiet" if args.quiet else "")
     )
     meta = {
         "date": datetime.date.today().isoformat(),
@@ -1026,11 +1075,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output path exists and is not a folder")
-    summary = write_outputs(out, records, meta, Path(args.docs) if args.docs else None)
+    from pipeline.synth import realism_lesions
+
+    docs = Path(args.docs) if args.docs else None
+    section = realism_lesions.lesion_section(args.cohort, args.real_dir, args.lesion_max_per_category, progress=say)
+    meta["minutes"] = round((time.perf_counter() - t0) / 60.0, 1)
+    lesions_md = realism_lesions.write_lesion_outputs(out, section, meta, docs)
+    summary = write_outputs(out, records, meta, docs, lesions_md)
     if say:
         groups = _group_order(records)
         print(markdown_table(summary, groups, verdicts(records, groups)))
-    print(f"wrote {out / 'realism.json'}, realism.csv, realism_scans.csv, realism.md, realism.png")
+    if say:
+        print(lesions_md)
+    print(f"wrote {out / 'realism.json'}, realism.csv, realism_scans.csv, realism.md, realism.png, realism_lesions.*")
     if args.docs:
-        print(f"wrote {Path(args.docs) / 'realism.md'} and {Path(args.docs) / 'images' / 'realism.png'}")
+        print(f"wrote {Path(args.docs) / 'realism.md'} and {Path(args.docs) / 'images'}/realism(_lesions).png")
     return 0

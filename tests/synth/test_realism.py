@@ -65,6 +65,37 @@ def test_cli_writes_every_output(report):
     assert set(data["synthetic_vs_real"]["figures"]) == set(realism.FIGURES)
 
 
+def test_cli_writes_the_lesion_section(report, real_dir):
+    """The cohort's CT-2 masks are measured; the stand-in real folder holds no lesion reference (left out)."""
+    data = json.loads((report / "realism_lesions.json").read_text())
+    assert data["mask_counts"] == {"CT-2": 2}
+    # the stand-in real scans: a CT-0 phantom as "real normal" (a control of the outline rule), a CT-2 one as
+    # "RICORD positive"
+    assert list(data["hu_counts"]) == [
+        "real normal (control), outlined",
+        "RICORD positive, outlined",
+        "CT-2, exact mask",
+        "CT-2, outlined",
+    ]
+    assert data["hu_counts"]["CT-2, exact mask"] == 2
+    assert data["sources"] == {
+        "real CT-1 (MosMedData)": None,
+        "SBU": None,
+        "RICORD positive": str(real_dir),
+        "MedSeg": None,
+    }
+    assert data["ct1_check"] is None
+    for rec in data["masks"]:
+        assert rec["total_ml"] > 0 and rec["n_pieces"] == len(rec["piece_ml"]) >= 1
+        assert rec["largest_ml"] == pytest.approx(max(rec["piece_ml"]), abs=1e-3)
+    assert (report / "realism_lesions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    docs = report.parent / "docs"
+    page = (docs / "realism.md").read_text()
+    assert "## Lesions: synthetic vs real COVID-19" in page and "images/realism_lesions.png" in page
+    assert "--lesion-max-per-category 20" in page
+    assert (docs / "images" / "realism_lesions.png").is_file()
+
+
 def test_figures_are_finite_and_plausible(report):
     data = json.loads((report / "realism.json").read_text())
     scans = data["scans"]
@@ -202,6 +233,8 @@ def test_bad_input_is_an_input_error_naming_the_file(tmp_path, cohort, real_dir,
     out = str(tmp_path / "out")
     assert main(["realism", str(tmp_path / "nope"), str(real_dir), "--out", out]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["realism", str(cohort), str(real_dir), "--out", out, "--lesion-max-per-category", "0"]) == 2
+    assert "--lesion-max-per-category must be >= 1" in capsys.readouterr().err
     assert main(["realism", str(cohort), str(tmp_path / "no_real"), "--out", out]) == 2
     assert "no_real" in capsys.readouterr().err
     empty = tmp_path / "empty"
