@@ -108,11 +108,15 @@ def until_the_crop(**params) -> Compose:
 
 
 @pytest.mark.parametrize("scanner", list(SCANNERS))
-@pytest.mark.parametrize("category", ["CT-0", "CT-2", "CT-4"])
-def test_the_true_lung_is_in_the_mask_on_the_chains_grid(tmp_path, scanner, category):
+@pytest.mark.parametrize(
+    "category,patterns",
+    [("CT-0", None), ("CT-2", None), ("CT-4", None), ("CT-4", ("patchy_ggo",)), ("CT-3", ("diffuse_reticular",))],
+)
+def test_the_true_lung_is_in_the_mask_on_the_chains_grid(tmp_path, scanner, category, patterns):
     """The true lung, carried to the 2 x 2 x 4 mm grid as the chain carries a lesion mask (a fraction of each voxel,
-    read at 0.5), lies in the chain's lung mask: the lungs are found on the scan's grid and carried with it."""
-    study = generate_study(category, 1, matrix=128, scanner=scanner)
+    read at 0.5), lies in the chain's lung mask: the lungs are found on the scan's grid and carried with it (also
+    with ground glass or reticulation forced through both lungs)."""
+    study = generate_study(category, 1, matrix=128, scanner=scanner, patterns=patterns)
     image, lung = tmp_path / "image.nii.gz", tmp_path / "lung.nii.gz"
     nib.save(nib.Nifti1Image(study.image.astype(np.int16), study.affine), str(image))
     nib.save(nib.Nifti1Image(study.lung.astype(np.uint8), study.affine), str(lung))

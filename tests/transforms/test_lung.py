@@ -21,10 +21,18 @@ from pipeline.utils.errors import InputError
 REALCT = SHARED_REALCT
 CATEGORIES = ("CT-1", "CT-2", "CT-3", "CT-4")
 SEEDS = (0, 1, 2)
-#: The disease patterns the true-lung tests run on: the generator's categories (CT-4: white lung, dense from the
-#: chest wall to the mediastinum, and diffuse heterogeneous disease among its draws). Forced patterns of
-#: ``generate_study`` (diffuse heterogeneous, white lung) join here as ``(category, pattern)`` once it has them.
-PATTERNS = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+#: The studies the true-lung coverage test runs on, as ``(category, forced patterns)``: the generator's own draws
+#: of each category, and CT-4 / CT-3 with one pattern forced through both lungs (``generate_study(patterns=)``):
+#: diffuse reticulation and patchy ground glass, still aerated enough for the mask to hold them.
+PATTERNS = (
+    *((category, None) for category in ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")),
+    ("CT-4", ("patchy_ggo",)),
+    ("CT-4", ("diffuse_reticular",)),
+    ("CT-3", ("diffuse_reticular",)),
+)
+#: White lungs: lobar consolidation (-30..+50 HU, air bronchograms) over at least 75 % of both lungs. The mask
+#: cannot hold them (it keeps 0.24-0.64 of the true lung): refused or missed (``test_white_lungs...``).
+WHITE_LUNG = ("CT-4", ("lobar",))
 
 
 @cache
@@ -38,10 +46,13 @@ def phantom(category: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 @cache
-def true_lung(scanner: str, category: str, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A 128-matrix study of ``scanner`` turned RAS: ``(image, true lung, spacing)``."""
-    study = generate_study(category, seed, matrix=128, scanner=scanner)
-    flip = slice(None, None, -1) if study.affine[0, 0] < 0 else slice(None)
+def true_lung(
+    scanner: str, category: str, seed: int, patterns: tuple[str, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 128-matrix study of ``scanner`` (with ``patterns`` forced, if given) turned RAS: ``(image, true lung,
+    affine)``."""
+    study = generate_study(category, seed, matrix=128, scanner=scanner, patterns=patterns)
+    flip = tuple(slice(None, None, -1) if study.affine[i, i] < 0 else slice(None) for i in range(3))  # LAS, LPS
     return np.ascontiguousarray(study.image[flip]), np.ascontiguousarray(study.lung[flip]), study.affine
 
 
@@ -108,13 +119,51 @@ def test_healthy_lungs_are_not_much_larger_than_the_true_lungs(seed):
 
 
 @pytest.mark.parametrize("scanner", list(SCANNERS))
-@pytest.mark.parametrize("category", PATTERNS)
-def test_the_true_lung_is_in_the_mask_for_every_study(scanner, category):
+@pytest.mark.parametrize("category,patterns", PATTERNS)
+def test_the_true_lung_is_in_the_mask_for_every_study(scanner, category, patterns):
     for seed in SEEDS:
-        image, lung, affine = true_lung(scanner, category, seed)
+        image, lung, affine = true_lung(scanner, category, seed, patterns)
         found, not_lung = coverage(lung_mask(image, voxel_spacing(affine)), lung)
-        assert found >= 0.97, (scanner, category, seed, found)
-        assert not_lung < 0.2, (scanner, category, seed, not_lung)  # 0.07-0.14 today
+        assert found >= 0.97, (scanner, category, patterns, seed, found)  # 0.993-0.999 today
+        assert not_lung < 0.2, (scanner, category, patterns, seed, not_lung)  # 0.07-0.14 today
+
+
+def as_meta(image: np.ndarray, affine: np.ndarray, name: str) -> MetaTensor:
+    """``image`` as a channel-first float MetaTensor named ``name`` with the (RAS) voxel sizes of ``affine``."""
+    img = MetaTensor(torch.from_numpy(image[None].astype(np.float32)), affine=torch.as_tensor(np.abs(affine)))
+    img.meta["filename_or_obj"] = name
+    return img
+
+
+def missed(scanner: str, seed: int, found: float, share: float) -> object:
+    """A lobar white lung the mask neither holds nor refuses (keeps ``found`` of the true lung, ``share`` of the
+    cavity): a known miss, an xfail that fails the suite once it is refused."""
+    reason = f"known miss: the mask keeps {found} of the true lung and {share} of the cavity, above the refusal"
+    return pytest.param(scanner, seed, marks=pytest.mark.xfail(strict=True, reason=reason))
+
+
+@pytest.mark.parametrize(
+    "scanner,seed",
+    [
+        ("mosmed", 2),
+        ("shifted", 2),
+        ("foreign", 1),
+        ("foreign", 2),
+        missed("mosmed", 0, 0.35, 0.14),
+        missed("mosmed", 1, 0.51, 0.20),
+        missed("shifted", 0, 0.64, 0.24),
+        missed("shifted", 1, 0.52, 0.19),
+        missed("foreign", 0, 0.55, 0.15),
+    ],
+)
+def test_white_lungs_the_mask_cannot_hold_are_refused(scanner, seed):
+    # lobar white lungs: the mask keeps 0.24-0.64 of the true lung; those that fill under MIN_CAVITY_SHARE of the
+    # cavity are refused (0.08-0.10 here), the others are missed (0.14-0.24: normal foreign chests fill 0.17-0.37)
+    image, lung, affine = true_lung(scanner, WHITE_LUNG[0], seed, WHITE_LUNG[1])
+    assert coverage(lung_mask(image, voxel_spacing(affine)), lung)[0] < 0.7  # the mask does not hold it
+    with pytest.raises(InputError, match="lungs implausibly small for the chest in view") as err:
+        LungMask()(as_meta(image, affine, "white.nii.gz"))
+    assert err.value.path == "white.nii.gz"
 
 
 @pytest.mark.parametrize("scanner", list(SCANNERS))
@@ -145,10 +194,9 @@ def white_below_the_apices(image: np.ndarray, lung: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("scanner", list(SCANNERS))
 def test_lungs_too_small_for_their_chest_are_refused(scanner):
     image, lung, affine = true_lung(scanner, "CT-0", 0)
-    img = MetaTensor(torch.from_numpy(image[None].astype(np.float32)), affine=torch.as_tensor(np.abs(affine)))
-    img.meta["filename_or_obj"] = "white.nii.gz"
+    img = as_meta(image, affine, "white.nii.gz")
     normal = segment_lungs(image, voxel_spacing(affine))
-    assert normal.lung_ml > 0.3 * normal.cavity_ml  # 0.34-0.40 on the synthetic chests
+    assert normal.lung_ml > 0.2 * normal.cavity_ml  # 0.33-0.39 (mosmed, shifted), 0.28 (foreign) on CT-0 seed 0
     assert LungMask()(img).shape == img.shape
     white = MetaTensor(torch.from_numpy(white_below_the_apices(image, lung)[None]), meta=img.meta, affine=img.affine)
     with pytest.raises(InputError, match="lungs implausibly small for the chest in view") as err:
@@ -199,7 +247,7 @@ def test_real_lungs_hold_little_soft_tissue_and_fill_their_chest(name):
     # partial volume at their edge: mediastinum, chest wall or liver in the mask would add far more
     soft = float((found.mask & (volume > -300)).sum() / found.mask.sum())
     assert soft < 0.2, soft  # 0.11-0.18 today (0.14-0.18 before the dome and edge rules)
-    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.39-0.73: far from the refusal at 0.2
+    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.39-0.73: far from the refusal at 0.12
     assert LungMask(spacing)(volume[None]).shape == (1, *volume.shape)  # not refused
 
 
