@@ -65,11 +65,10 @@ def arm_backgrounds(arm: str, held_out: str, backgrounds: Sequence[str]) -> list
     return [] if arm == "phantom only" else dict(folds(backgrounds))[held_out]
 
 
-def prefixed_items(cohort: Path, prefix: str, patient: str | None = None) -> list[dict]:
-    """The labelled datalist items of ``cohort`` with study ids ``prefix-<id>`` (unique across cohorts), all of
-    one ``patient`` when given (a background's paintings are one patient)."""
-    items = [{**it, "study_id": f"{prefix}-{it['study_id']}"} for it in to_items(discover(cohort))]
-    return [{**it, "patient_id": patient} for it in items] if patient else items
+def prefixed_items(cohort: Path, prefix: str) -> list[dict]:
+    """The labelled datalist items of ``cohort`` with study ids ``prefix-<id>`` (unique across cohorts); every item
+    has the same keys, so that any two collate into one batch."""
+    return [{**it, "study_id": f"{prefix}-{it['study_id']}"} for it in to_items(discover(cohort))]
 
 
 def arm_datalist(
@@ -78,8 +77,8 @@ def arm_datalist(
     """Write the datalist of one arm: the phantom cohort split ``val_fraction`` for validation (seeded, so both
     arms validate on the same studies), the painted studies of the ``trained`` backgrounds added to training."""
     train_items, val_items = train_val_split(prefixed_items(phantom, "phantom"), val_fraction, seed)
-    for i, name in enumerate(trained):
-        train_items += prefixed_items(painted[name], f"bg{i}", patient=name)
+    for name in trained:
+        train_items += prefixed_items(painted[name], name)
     return write_datalist({"training": train_items, "validation": val_items}, out)
 
 

@@ -51,7 +51,8 @@ def test_arm_datalists_share_validation_and_add_only_the_other_backgrounds(cohor
     assert all(it["study_id"].startswith("phantom-") for it in phantom_only["training"] + plus["validation"])
     added = plus["training"][len(phantom_only["training"]) :]
     assert plus["training"][: len(phantom_only["training"])] == phantom_only["training"]
-    assert sorted({it["patient_id"] for it in added}) == others
+    assert sorted({it["study_id"].rsplit("-study_", 1)[0] for it in added}) == others
+    assert {frozenset(it) for split in plus.values() for it in split} == {frozenset(plus["training"][0])}
     assert len(added) == 3 * len(others)
     assert not any(str(painted[held_out]) in it["image"] for split in plus.values() for it in split)
     ids = [it["study_id"] for split in plus.values() for it in split]
