@@ -89,6 +89,11 @@ def auc(scores: Sequence[float], labels: Sequence[int]) -> float | None:
     return round(float(compute_roc_auc(torch.tensor(scores), torch.tensor(labels))), 4)
 
 
+def own_rule(rows: list[dict[str, Any]], decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of :func:`benchmarks.bench_transfer.score_real` with ``p_pneumonia`` by the model's own rule."""
+    return [{**r, "p_pneumonia": r["p_pneumonia"][decision["rule"]]} if "p_pneumonia" in r else r for r in rows]
+
+
 def score_arm(run: Path, held_out_cohort: Path, realct: Path | None) -> dict[str, Any]:
     """P(pneumonia) of the held-out background's unmodified scan and of its paintings, and of the RICORD slabs, with
     their AUCs, from the model in ``run/models`` through its recorded chain
@@ -103,7 +108,8 @@ def score_arm(run: Path, held_out_cohort: Path, realct: Path | None) -> dict[str
     held: dict[str, list] = {}
     for study in discover(held_out_cohort):
         held.setdefault(study.category, []).append(Path(study.image))
-    rows, _ = score_real(network, chain, held)
+    decision = record["decision"]
+    rows = own_rule(score_real(network, chain, held, decision)[0], decision)
     scored = [r for r in rows if "p_pneumonia" in r]
     painted: dict[str, list[float]] = {}
     for r in scored:
@@ -116,7 +122,7 @@ def score_arm(run: Path, held_out_cohort: Path, realct: Path | None) -> dict[str
     }}  # fmt: skip
     if realct is not None:
         groups = {g: paths for g, paths in real_scans(realct).items() if g in RICORD}
-        rows, _ = score_real(network, chain, groups)
+        rows = own_rule(score_real(network, chain, groups, decision)[0], decision)
         scored = [r for r in rows if "p_pneumonia" in r]
         result["ricord"] = {
             "auc": auc([r["p_pneumonia"] for r in scored], [int(r["group"] == RICORD[1]) for r in scored]),

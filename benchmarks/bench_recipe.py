@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_transfer import cohort_rows, evaluate_cohort, real_scans, score_real
+from benchmarks.bench_transfer import cohort_metrics, evaluate_cohort, real_scans, rule_row, score_real
 from benchmarks.common import BUNDLE, RESULTS, THREADS, TRAIN_JSON, write_results
 from pipeline.engine.record import read as read_record
 from pipeline.inferers.ensemble import load_model_weights
@@ -65,9 +65,11 @@ def score(variant_dir: Path, cohorts: dict[str, Path], realct: Path | None = Non
     model = variant_dir / "models" / "model.pt"
     record = read_record(model)
     prep = record["preprocessing"]
+    decision = record["decision"]
     result: dict[str, Any] = {}
     for name, cohort in cohorts.items():
-        result[name] = evaluate_cohort(cohort, model.parent, variant_dir / f"eval_{cohort.name}", record)
+        rows = evaluate_cohort(cohort, model.parent, variant_dir / f"eval_{cohort.name}", record)
+        result[name] = cohort_metrics(decision, rows)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()
     if realct is not None and realct.is_dir():
@@ -75,24 +77,25 @@ def score(variant_dir: Path, cohorts: dict[str, Path], realct: Path | None = Non
 
         lesion = has_lesion_output(record["network_name"])
         chain = Compose(deterministic_transforms(**prep, dtype=torch.float32, lesion=lesion))
-        result["real"], _ = score_real(network, chain, real_scans(realct))
+        result["real"], _ = score_real(network, chain, real_scans(realct), decision)
     return result
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """A table: per variant, both synthetic cohorts and the mean P(pneumonia) of each real group."""
+    """A table: per variant, both synthetic cohorts by decision rule, and each real group's P(pneumonia) by rule."""
     lines = [
-        "| variant | cohort | n | AUC [95 % CI] | accuracy | specificity | sensitivity CT-1 / CT-2 / CT-3 / CT-4 |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | cohort | rule | n | AUC [95 % CI, DeLong] | threshold (validation) | sensitivity | specificity "
+        "| sensitivity CT-1 / CT-2 / CT-3 / CT-4 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     real_lines = ["", "| variant | " + " | ".join(REAL_GROUPS) + " |", "|---" * (len(REAL_GROUPS) + 1) + "|"]
     for name, v in results["variants"].items():
         for cohort in ("fresh seed", "shifted scanner"):
-            lines.append(cohort_rows(f"{name} | {cohort}", v[cohort]))
+            lines += [rule_row(f"{name} | {cohort} | {rule}", m) for rule, m in v[cohort]["rules"].items()]
         if isinstance(v.get("real"), list):
             cells = []
             for group in REAL_GROUPS:
-                probs = [r["p_pneumonia"] for r in v["real"] if r["group"] == group and "p_pneumonia" in r]
+                probs = [p for r in v["real"] if r["group"] == group for p in r.get("p_pneumonia", {}).values()]
                 cells.append(", ".join(f"{p:.2f}" for p in probs))
             real_lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines + real_lines) + "\n"

@@ -62,6 +62,7 @@ from pipeline.transforms.decision import RULES, calibrate_involvement, decide
 from pipeline.transforms.severity import category, involvement, lesion_evidence, voxel_ml
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import find_input_error
+from pipeline.utils.guard import EXIT_OK, EXIT_PARTIAL
 
 EVALUATE_JSON = BUNDLE / "configs" / "evaluate.json"
 IMAGES = REPO / "docs" / "images"
@@ -83,7 +84,8 @@ def real_scans(root: Path) -> dict[str, list[Path]]:
 
 
 def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, Any]) -> list[dict[str, str]]:
-    """The rows of ``predictions.csv`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir``."""
+    """The rows of ``predictions.csv`` of the bundle's evaluation of ``cohort`` with the checkpoint in ``ckpt_dir``:
+    every study, ``status`` ``ok`` or ``refused`` (a partial run, exit 3, is a result: its refusals are counted)."""
     chain = [arg for key, value in record["preprocessing"].items() for arg in (f"--{key}", json.dumps(value))]
     cmd = [
         sys.executable, "-m", "monai.bundle", "run",
@@ -92,10 +94,15 @@ def evaluate_cohort(cohort: Path, ckpt_dir: Path, out: Path, record: dict[str, A
         "--network_name", record["network_name"], *chain,
     ]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode not in (EXIT_OK, EXIT_PARTIAL):
         raise RuntimeError(f"evaluation of {cohort} failed:\n{proc.stderr[-3000:]}")
     with (out / "predictions.csv").open(newline="", encoding="utf-8") as f:
-        return [row for row in csv.DictReader(f) if row["status"] == "ok"]
+        return list(csv.DictReader(f))
+
+
+def scored(rows: Sequence[Mapping[str, str]]) -> list[Mapping[str, str]]:
+    """The rows of :func:`evaluate_cohort` that were predicted (``status`` ``ok``)."""
+    return [row for row in rows if row["status"] == "ok"]
 
 
 def _number(text: str | None) -> float:
@@ -309,6 +316,23 @@ def _auc_text(m: Mapping[str, Any]) -> str:
     return f"{_fmt(m.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else f"{_fmt(m.get('auc'))} (no DeLong CI)"
 
 
+def cohort_metrics(decision: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
+    """:func:`rule_metrics` of the predicted rows of :func:`evaluate_cohort`, and the refused studies with reasons."""
+    ok = scored(rows)
+    labels, prob, evidence = evidence_of(ok)
+    return {
+        "rules": rule_metrics(decision, labels, prob, evidence, [r["category"] for r in ok]),
+        "refused": [f"{r['study_id']}: {r['reason']}" for r in rows if r["status"] != "ok"],
+    }
+
+
+def rule_row(prefix: str, m: Mapping[str, Any]) -> str:
+    """A markdown row ``| prefix | n | AUC [CI] | threshold | sensitivity | specificity | per category |``."""
+    sens = " / ".join(_fmt(m["sensitivity_per_category"].get(c), 2) for c in ("CT-1", "CT-2", "CT-3", "CT-4"))
+    return (f"| {prefix} | {m['n']} | {_auc_text(m)} | {_fmt(m['threshold'])} | {_fmt(m['sensitivity'])} "
+            f"| {_fmt(m['specificity'])} | {sens} |")  # fmt: skip
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The tables of ``results``: each rule on each synthetic cohort, the severity, then every real scan."""
     cohorts = [name for name, _, _ in COHORTS if isinstance(results.get(name), dict)]
@@ -317,15 +341,12 @@ def markdown(results: dict[str, Any]) -> str:
              f"**{results['chosen']['rule']}** (mean AUC over {', '.join(cohorts)}: "
              + ", ".join(f"{r} {v:.3f}" for r, v in results["chosen"]["mean_auc"].items()) + ").", ""]  # fmt: skip
     lines += [f"- {name}: {results[name]}" for name, _, _ in COHORTS if isinstance(results.get(name), str)]
+    lines += [f"- {name}, refused (not scored, not in n): {'; '.join(results[name]['refused'])}"
+              for name in cohorts if results[name].get("refused")]  # fmt: skip
     lines += ["", "| cohort (never trained on) | rule | n | AUC [95 % CI, DeLong] | threshold (validation) "
               "| sensitivity | specificity | sensitivity CT-1 / CT-2 / CT-3 / CT-4 |",
               "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name in cohorts:
-        for rule in rules:
-            m = results[name]["rules"][rule]
-            sens = " / ".join(_fmt(m["sensitivity_per_category"].get(c), 2) for c in ("CT-1", "CT-2", "CT-3", "CT-4"))
-            lines.append(f"| {name} | {rule} | {m['n']} | {_auc_text(m)} | {_fmt(m['threshold'])} | "
-                         f"{_fmt(m['sensitivity'])} | {_fmt(m['specificity'])} | {sens} |")  # fmt: skip
+    lines += [rule_row(f"{name} | {rule}", results[name]["rules"][rule]) for name in cohorts for rule in rules]
     lines += ["", "Involvement: MAE in percentage points against the truth on the network's grid (lesion mask in the "
               "chain's lung mask) and against the generator's drawn fraction (its own lung); category: calibrated "
               "involvement, the chosen rule.", "",
@@ -370,7 +391,7 @@ def stand_in_decision(work: Path, ckpt_dir: Path, record: dict[str, Any], args: 
     if not (cohort / "dataset_registry.csv").is_file():
         generate_cohort(cohort, per_category=args.per_category, seed=args.fit_seed, matrix=args.matrix,
                         workers=2, progress=False)  # fmt: skip
-    labels, prob, evidence = evidence_of(evaluate_cohort(cohort, ckpt_dir, work / "eval_stand_in", record))
+    labels, prob, evidence = evidence_of(scored(evaluate_cohort(cohort, ckpt_dir, work / "eval_stand_in", record)))
     stored = read_threshold(ckpt_dir) or {}
     lesion = has_lesion_output(record["network_name"])
     return fit_decision("classifier", labels, prob, evidence if lesion else None,
@@ -411,11 +432,13 @@ def main() -> None:
         if not (cohort / "dataset_registry.csv").is_file():
             generate_cohort(cohort, per_category=args.per_category, seed=seed, matrix=args.matrix, scanner=scanner,
                             workers=2, progress=False)  # fmt: skip
-        rows = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
+        every = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
+        rows = scored(every)
         labels, prob, evidence = evidence_of(rows)
         evidence["involvement_generator"] = generator_fractions(cohort, rows)
         tables[name] = prob, evidence, [r["category"] for r in rows]
         results[name] = {"rules": rule_metrics(decision, labels, prob, evidence, tables[name][2])}
+        results[name]["refused"] = [f"{r['study_id']}: {r['reason']}" for r in every if r["status"] != "ok"]
         print(name, json.dumps(results[name]), flush=True)
     results["chosen"] = choose_rule(results, list(tables))
     if has_lesion_output(record["network_name"]):
