@@ -130,6 +130,10 @@ CAVITY_RAYS = 0.5
 #: chest to judge by.
 MIN_CAVITY_SHARE = 0.12
 MIN_CAVITY_ML = 500.0
+#: The cavity is judged only where the in-plane pixel is at most this (mm): coarser, the ribs (about 10 mm wide)
+#: blur into the chest wall and the cage found is not the thoracic cavity (matrix-64 phantoms, 4.6-9.2 mm pixels:
+#: a normal one read 10 % of its "cavity").
+MAX_JUDGED_PIXEL_MM = 5.0
 
 _IN_PLANE = np.zeros((3, 3, 3), bool)
 _IN_PLANE[:, :, 1] = ndimage.generate_binary_structure(2, 1)
@@ -543,7 +547,8 @@ class LungMask(Transform):
         spacing: voxel size in mm, for inputs that do not carry it (plain tensors and arrays); a MetaTensor's
             ``pixdim`` is used otherwise.
         min_cavity_share: refuse when the mask holds less than this share of the thoracic cavity in view
-            (:class:`LungSegmentation`), where that cavity holds at least ``min_cavity_ml``; ``None``: never.
+            (:class:`LungSegmentation`), where that cavity holds at least ``min_cavity_ml`` and the in-plane pixel
+            is at most :data:`MAX_JUDGED_PIXEL_MM`; ``None``: never.
         min_cavity_ml: the least cavity (mL) judged.
 
     The input is ``(1, X, Y, Z)`` in HU, oriented RAS (``Orientation(axcodes="RAS")``), a MetaTensor, tensor or
@@ -581,7 +586,8 @@ class LungMask(Transform):
             found = segment_lungs(array[0], spacing)
         except InputError as err:
             raise InputError(name, err.problem) from None
-        share = found.lung_ml / found.cavity_ml if found.cavity_ml >= self.min_cavity_ml else np.inf
+        judged = found.cavity_ml >= self.min_cavity_ml and max(spacing[:2]) <= MAX_JUDGED_PIXEL_MM
+        share = found.lung_ml / found.cavity_ml if judged else np.inf
         if self.min_cavity_share is not None and share < self.min_cavity_share:
             raise InputError(
                 name,

@@ -323,3 +323,19 @@ def test_volume_in_millilitres():
     mask[0, :5] = 1
     assert lung_volume_ml(mask, (2.0, 2.0, 5.0)) == pytest.approx(500 * 20 / 1000)
     assert lung_volume_ml(torch.from_numpy(mask), (2.0, 2.0, 5.0)) == pytest.approx(10.0)
+
+
+def test_coarse_scans_are_not_judged_against_their_cavity():
+    """Ribs are not resolved at matrix 64 (4.6-9.2 mm pixels): the cavity is not judged there, at matrix 128 it is
+    (a share no chest reaches is asked for, so the judged one is refused)."""
+    strict = LungMask(min_cavity_share=0.99)
+    for matrix, judged in ((64, False), (128, True)):
+        study = generate_study("CT-0", 0, matrix=matrix)
+        flip = slice(None, None, -1) if study.affine[0, 0] < 0 else slice(None)
+        image = np.ascontiguousarray(study.image[flip])[None]
+        spacing = voxel_spacing(study.affine)
+        if judged:
+            with pytest.raises(InputError, match="implausibly small"):
+                strict(image, spacing)
+        else:
+            assert strict(image, spacing).sum() > 0
