@@ -59,7 +59,8 @@ from pipeline.synth.generate import generate_cohort
 from pipeline.synth.phantom import SCANNERS
 from pipeline.transforms.chain import deterministic_transforms, in_channels
 from pipeline.transforms.decision import RULES, calibrate_involvement, decide
-from pipeline.transforms.severity import category, involvement, lesion_evidence, voxel_ml
+from pipeline.transforms.hounsfield import voxel_ml
+from pipeline.transforms.severity import category, involvement, lesion_evidence
 from pipeline.utils.atomic import atomic_write_text
 from pipeline.utils.errors import find_input_error
 from pipeline.utils.guard import EXIT_OK, EXIT_PARTIAL

@@ -27,8 +27,9 @@ item's lesion mask ``"mask"`` (a file path, when the study has one) follows the 
 (trilinear: a fraction of each voxel), the lung mask ``"lung"`` is kept (resized the same way) for the
 involvement, and :class:`LesionMaskd` gives studies without a mask an empty one with ``"has_mask"`` 0 (1 for a
 study labelled normal: it has no lesions), so every item has ``"image"``, ``"lung"``, ``"mask"`` of the same
-``(1, H, W, D)`` grid and ``"has_mask"``. Both masks end as uint8 0/1 (``AsDiscreted`` at 0.5, the cut the
-involvement reads them at): a byte a voxel in the cache instead of float16's two.
+``(1, H, W, D)`` grid and ``"has_mask"``, and :class:`VoxelVolumed` records the voxel volume (mL) as
+``"voxel_ml"``. Both masks end as uint8 0/1 (``AsDiscreted`` at 0.5, the cut the involvement reads them at): a
+byte a voxel in the cache instead of float16's two.
 
 The parameters are the checkpoint's record (:mod:`pipeline.engine.record`); :data:`RECORDED` names them.
 """
@@ -54,6 +55,7 @@ from monai.transforms import (
     Transform,
 )
 
+from pipeline.transforms.hounsfield import voxel_ml
 from pipeline.transforms.lung import LungMaskd
 from pipeline.transforms.plausibility import CheckChestCTd
 from pipeline.transforms.spatial import ResampleToSpacingd, SmoothResized
@@ -68,6 +70,7 @@ __all__ = [
     "HUWindowd",
     "LesionMaskd",
     "NiftiReader",
+    "VoxelVolumed",
     "deterministic_transforms",
     "in_channels",
     "lung_or_all",
@@ -81,6 +84,9 @@ LUNG_GRIDS = ("scan", "pixdim")
 RECORDED = ("spatial_size", "hu_window", "pixdim", "lung_margin_mm", "outside_lung", "lung_grid")
 #: Item keys of the lung mask, the lesion mask and whether the study has a lesion mask.
 LUNG, MASK, HAS_MASK = "lung", "mask", "has_mask"
+#: Item key of the volume (mL) of one voxel of the network's grid: a number, which a disk cache keeps (it keeps
+#: tensors, not their affines), for the lesion evidence in mL.
+VOXEL_ML = "voxel_ml"
 
 
 class NiftiReader(NibabelReader):
@@ -172,6 +178,20 @@ class LesionMaskd(MapTransform):
                     else (torch.zeros(like.shape))
                 )
             d[self.flag_key] = torch.tensor(float(known))
+        return d
+
+
+class VoxelVolumed(MapTransform):
+    """``data[name]``: the volume (mL) of one voxel of ``data[key]``'s grid, from its affine, a float32 scalar."""
+
+    def __init__(self, keys: KeysCollection = LUNG, name: str = VOXEL_ML) -> None:
+        super().__init__(keys)
+        self.name = name
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.name] = torch.tensor(voxel_ml(d[key].affine), dtype=torch.float32)
         return d
 
 
@@ -272,6 +292,7 @@ def deterministic_transforms(
     if lesion:  # both masks read at 0.5 (the involvement's cut), one byte a voxel in the cache
         chain += [
             LesionMaskd(MASK, like_key=LUNG, flag_key=HAS_MASK),
+            VoxelVolumed(LUNG),
             AsDiscreted([MASK, LUNG], threshold=0.5, dtype=torch.uint8),
         ]
     chain.append(EnsureTyped(keys, dtype=dtype))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["AIR_HU", "EDGE_AIR_HU", "TISSUE_MIN_HU", "voxel_spacing"]
+__all__ = ["AIR_HU", "EDGE_AIR_HU", "TISSUE_MIN_HU", "voxel_ml", "voxel_spacing"]
 
 #: Air.
 AIR_HU = -1000.0
@@ -25,3 +25,9 @@ def voxel_spacing(affine: np.ndarray | torch.Tensor | None) -> tuple[float, floa
     if affine is None:
         return (1.0, 1.0, 1.0)
     return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def voxel_ml(affine: np.ndarray | torch.Tensor) -> float:
+    """The volume of one voxel of a grid with voxel-to-world ``affine`` (mm, 4x4 or 3x3), in millilitres."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    return float(abs(np.linalg.det(matrix))) / 1000.0

@@ -39,7 +39,8 @@ from scipy import ndimage
 
 from pipeline.networks.nets import split_output
 from pipeline.synth.phantom import CATEGORY_BANDS
-from pipeline.transforms.chain import HAS_MASK, LUNG, MASK
+from pipeline.transforms.chain import HAS_MASK, LUNG, MASK, VOXEL_ML
+from pipeline.transforms.hounsfield import voxel_ml
 
 __all__ = [
     "CATEGORIES",
@@ -75,12 +76,6 @@ def involvement(lesion: torch.Tensor | np.ndarray, lung: torch.Tensor | np.ndarr
     lung_v = torch.as_tensor(lung).float() >= cut
     n_lung = int(lung_v.sum())
     return float((lesion_v & lung_v).sum()) / n_lung if n_lung else 0.0
-
-
-def voxel_ml(affine: Any) -> float:
-    """The volume of one voxel of a grid with voxel-to-world ``affine`` (mm, 4x4 or 3x3), in millilitres."""
-    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
-    return float(abs(np.linalg.det(matrix))) / 1000.0
 
 
 def lesion_evidence(
@@ -170,9 +165,13 @@ class Involvementd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lung = d[self.lung_key]
-            if not isinstance(lung, MetaTensor):
-                raise ValueError(f"{self.lung_key!r} must be a MetaTensor: its affine gives the voxel volume")
-            d.update(lesion_evidence(d[key], lung, voxel_ml(lung.affine), self.cut))
+            if d.get(VOXEL_ML) is not None:  # the chain's own record of it: it survives a disk cache, affines do not
+                ml = float(torch.as_tensor(d[VOXEL_ML]).reshape(-1)[0])
+            elif isinstance(lung, MetaTensor):
+                ml = voxel_ml(lung.affine)
+            else:
+                raise ValueError(f"{self.lung_key!r} must be a MetaTensor, or the item carry {VOXEL_ML!r}")
+            d.update(lesion_evidence(d[key], lung, ml, self.cut))
             has_mask = bool(torch.as_tensor(d.get(self.has_mask_key, 0.0)).item())
             d["involvement_true"] = involvement(d[self.mask_key], lung, self.cut) if has_mask else math.nan
         return d

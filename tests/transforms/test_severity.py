@@ -10,11 +10,13 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
+from monai.utils import convert_to_tensor
 
 from pipeline.synth.generate import nifti_bytes
 from pipeline.synth.phantom import generate_study
 from pipeline.transforms.augment import train_augmentation
 from pipeline.transforms.chain import deterministic_transforms
+from pipeline.transforms.hounsfield import voxel_ml
 from pipeline.transforms.severity import (
     CATEGORIES,
     Involvementd,
@@ -23,7 +25,6 @@ from pipeline.transforms.severity import (
     involvement,
     lesion_evidence,
     to_scan_geometry,
-    voxel_ml,
 )
 
 CHAIN = {"spatial_size": (48, 48, 24), "pixdim": (4.0, 4.0, 8.0)}
@@ -105,7 +106,7 @@ def test_split_outputs_and_involvement() -> None:
     assert torch.equal(out["pred"], logits) and int(out["label"]) == 1
     assert out["involvement"] == pytest.approx(0.5) and out["involvement_true"] == pytest.approx(0.25)
     assert out["lesion_ml"] == pytest.approx(32 * 0.016) and out["focus_ml"] == pytest.approx(32 * 0.016)
-    with pytest.raises(ValueError, match="affine gives the voxel volume"):
+    with pytest.raises(ValueError, match="must be a MetaTensor, or the item carry 'voxel_ml'"):
         Involvementd()({"lesion": torch.ones(1, 4, 4, 4), "lung": torch.ones(1, 4, 4, 4), "mask": mask})
     out = post({**item, "lung": lung, "mask": torch.zeros_like(mask), "has_mask": torch.tensor(0.0)})
     assert math.isnan(out["involvement_true"])
@@ -140,6 +141,19 @@ def test_chain_carries_the_mask_with_the_image(study_files) -> None:
     torch.testing.assert_close(plain["image"], with_mask["image"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="needs the lung mask"):
         deterministic_transforms(**CHAIN, outside_lung="keep", lesion=True)
+
+
+def test_evidence_survives_a_disk_cache(study_files) -> None:
+    """A disk cache (``PersistentDataset``) keeps tensors, not their affines: the chain's ``voxel_ml`` gives the
+    lesion evidence in mL the same as the lung mask's affine does."""
+    item = Compose(deterministic_transforms(**CHAIN, lesion=True))({"image": study_files["image"]})
+    assert float(item["voxel_ml"]) == pytest.approx(voxel_ml(item["lung"].affine))
+    lesion = {"lesion": item["lung"].float() * 0.9}
+    fresh = Involvementd()({**item, **lesion})
+    cached = Involvementd()({**convert_to_tensor({**item, **lesion}, track_meta=False)})
+    assert not isinstance(cached["lung"], MetaTensor)
+    for key in ("lesion_ml", "focus_ml", "involvement"):
+        assert cached[key] == pytest.approx(fresh[key]) and fresh[key] > 0
 
 
 def test_lesion_map_goes_back_to_the_scan_grid(study_files) -> None:
