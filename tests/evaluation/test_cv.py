@@ -126,7 +126,8 @@ def test_nested_folds_summary_and_ensemble(trained_bundle, tiny_cohort, tmp_path
             "--spatial_size", "[32,32,16]", "--ckpt_files", repr(ckpt_files), "--tta", str(name == "tta"),
         )  # fmt: skip
         rows[name] = json.loads((out / "predictions.json").read_text())
-    probs = {name: [r["prob_pneumonia"] for r in table] for name, table in rows.items()}
+    # the ensemble averages its members' outputs (the heads' P here), then applies the first member's decision
+    probs = {name: [r["prob_classifier"] for r in table] for name, table in rows.items()}
     assert probs["ens"] == pytest.approx([(a + b) / 2 for a, b in zip(probs["m0"], probs["m1"])], abs=1e-5)
     assert len(probs["tta"]) == 8 and probs["tta"] != pytest.approx(probs["ens"], abs=1e-6)
     threshold = chosen["threshold"]  # the ensemble's own, not the mean of the members' thresholds
