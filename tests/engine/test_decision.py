@@ -193,7 +193,7 @@ def test_training_saves_the_decision_with_the_weights(trained_bundle, tiny_cohor
     rows = list(csv.DictReader(open(tmp_path / "predictions.csv")))
     evidence = {k: np.array([float(r[k]) for r in rows]) for k in ("lesion_ml", "focus_ml")}
     prob = np.array([float(r["prob_classifier"]) for r in rows])
-    expected = decide(decision["rules"]["lesion"], prob, evidence)
+    expected = decide(decision["rules"][decision["rule"]], prob, evidence)
     np.testing.assert_allclose([float(r["prob_pneumonia"]) for r in rows], expected, atol=1e-5)
     raw = np.array([float(r["involvement_raw"]) for r in rows])
     calibrated = calibrate_involvement(decision["involvement"], raw)
