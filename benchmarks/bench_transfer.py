@@ -435,11 +435,10 @@ def main() -> None:
                             workers=2, progress=False)  # fmt: skip
         every = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
         rows = scored(every)
-        labels, prob, evidence = evidence_of(rows)
+        _, prob, evidence = evidence_of(rows)
         evidence["involvement_generator"] = generator_fractions(cohort, rows)
         tables[name] = prob, evidence, [r["category"] for r in rows]
-        results[name] = {"rules": rule_metrics(decision, labels, prob, evidence, tables[name][2])}
-        results[name]["refused"] = [f"{r['study_id']}: {r['reason']}" for r in every if r["status"] != "ok"]
+        results[name] = cohort_metrics(decision, every)
         print(name, json.dumps(results[name]), flush=True)
     results["chosen"] = choose_rule(results, list(tables))
     if has_lesion_output(record["network_name"]):
