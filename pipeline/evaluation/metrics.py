@@ -47,6 +47,7 @@ __all__ = [
     "category_agreement",
     "classification_metrics",
     "delong_auc",
+    "has_roc_band",
     "involvement_agreement",
     "roc_band",
     "roc_curve",
@@ -191,6 +192,12 @@ def _roc(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return skm.roc_curve(y, p, drop_intermediate=False)
 
 
+def has_roc_band(labels: Sequence[int] | np.ndarray) -> bool:
+    """Whether :func:`roc_band` can resample ``labels``: at least two studies of each class."""
+    y = np.asarray(labels)
+    return int((y == 1).sum()) >= 2 and int((y == 0).sum()) >= 2
+
+
 def roc_band(
     labels: Sequence[int] | np.ndarray,
     probs: Sequence[float] | np.ndarray,
@@ -205,11 +212,14 @@ def roc_band(
         resamples, of the highest TPR reached at a false positive rate <= each grid value.
 
     Raises:
-        ValueError: one class is absent.
+        ValueError: a class has fewer than two studies (nothing to resample: :func:`has_roc_band` says so first).
     """
     y, p = _as_arrays(labels, probs)
-    if y.min() == y.max():
-        raise ValueError("an ROC band needs both classes")
+    if not has_roc_band(y):
+        raise ValueError(
+            f"an ROC band needs two studies of each class, got {int((y == 1).sum())} positive and "
+            f"{int((y == 0).sum())} negative"
+        )
     grid = np.linspace(0.0, 1.0, n_points)
     n_neg = int((y == 0).sum())
     # false positives allowed at each grid FPR: the largest k with k / n_neg <= grid

@@ -40,6 +40,7 @@ from pipeline.evaluation.metrics import (
     PROPORTION_KEYS,
     category_agreement,
     classification_metrics,
+    has_roc_band,
     involvement_agreement,
     roc_band,
     roc_curve,
@@ -222,7 +223,9 @@ def _roc_figure(y: np.ndarray, p: np.ndarray, metrics: Mapping) -> Figure:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="chance")
     if metrics["auc"] is not None:
-        if metrics.get("n_bootstrap", 0) > 0:
+        if metrics.get("n_bootstrap", 0) > 0 and not has_roc_band(y):
+            ax.plot([], [], " ", label="no bootstrap band: under two studies in a class")
+        elif metrics.get("n_bootstrap", 0) > 0:
             grid, lo, hi = roc_band(y, p, n_bootstrap=metrics["n_bootstrap"], seed=metrics.get("seed", 0))
             ax.fill_between(grid, lo, hi, step="post", color="#d62728", alpha=0.2, lw=0, label="95% bootstrap band")
         fpr, tpr, _ = roc_curve(y, p)

@@ -18,6 +18,7 @@ from pipeline.evaluation.metrics import (
     category_agreement,
     classification_metrics,
     delong_auc,
+    has_roc_band,
     involvement_agreement,
     roc_band,
     roc_curve,
@@ -188,8 +189,11 @@ def test_roc_band_brackets_the_curve():
     assert inside.mean() > 0.9
     again = roc_band(LABELS, PROBS, n_bootstrap=300, seed=0)
     assert np.array_equal(again[1], lo) and not np.array_equal(roc_band(LABELS, PROBS, 300, seed=1)[1], lo)
-    with pytest.raises(ValueError, match="both classes"):
-        roc_band([1, 1], [0.2, 0.3])
+    for labels in ([1, 1], [1, 1, 1, 0]):  # a class absent, or one study in it: nothing to resample
+        assert not has_roc_band(labels)
+        with pytest.raises(ValueError, match="two studies of each class"):
+            roc_band(labels, [0.2, 0.3, 0.4, 0.5][: len(labels)])
+    assert has_roc_band([1, 1, 0, 0])
 
 
 def test_per_category_including_single_class_categories():

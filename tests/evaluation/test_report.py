@@ -115,6 +115,14 @@ def test_report_with_one_class(tmp_path):
     assert len(images_of(page)) == 4 and "n/a" in page and "no interval: one class only" in page
 
 
+def test_report_with_one_study_in_a_class(tmp_path):
+    rows = [{"label": y, "prob_pneumonia": p, "category": ""} for y, p in ((0, 0.3), (1, 0.2), (1, 0.8), (1, 0.9))]
+    metrics = metrics_from_rows(rows, "one normal")
+    assert metrics["auc"] == pytest.approx(2 / 3)
+    page = write_report(rows, metrics, tmp_path / "r.html").read_text()  # was scipy's bootstrap ValueError
+    assert len(images_of(page)) >= 1 and "AUC" in page
+
+
 def test_degenerate_auc_interval_is_flagged_in_the_report(tmp_path):
     rows = [{"label": y, "prob_pneumonia": p, "category": ""} for y, p in ((0, 0.1), (0, 0.2), (1, 0.8), (1, 0.9))]
     metrics = metrics_from_rows(rows, "perfect")
