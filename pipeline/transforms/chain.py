@@ -8,7 +8,8 @@ series folder (shapes for a MosMedData study):
 3. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope, on the scan's
    own grid (``lung_grid="scan"``), where a diseased lung keeps the detail that finds it: resampled first, a
    lung with reticulation and ground glass throughout lost three quarters of its mask. It refuses a study whose
-   lungs are implausibly small for the thoracic cavity in view;
+   lungs are implausibly small for the thoracic cavity in view, or whose aerated lung stays off the ribs (a
+   white lung);
 4. :class:`~pipeline.transforms.spatial.ResampleToSpacingd` of the image and the lung mask to ``pixdim`` mm,
    anti-aliased, so 0.6 mm and 8 mm scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm); the mask,
    a fraction of each voxel there, is read at 0.5 (``AsDiscreted``). ``lung_grid="pixdim"``, the chain before
