@@ -141,7 +141,9 @@ MIN_CAVITY_ML = 500.0
 #: chests (CT-0, the categories' own draws, diffuse reticulation and patchy ground glass forced) 0.59-0.80, the
 #: real whole chests 0.80-0.82 and the real 30 mm slabs 0.57-0.96 (0.57: COVID-19 consolidation in both dorsal
 #: lungs), lobar white lungs 0.06-0.31, white whatever their share of the cavity (0.08-0.33). The ribs are judged
-#: where :data:`MIN_CAVITY_SHARE` is (a cavity of ``MIN_CAVITY_ML``, pixels of ``MAX_JUDGED_PIXEL_MM``).
+#: where :data:`MIN_CAVITY_SHARE` is (a cavity of ``MIN_CAVITY_ML``, pixels of ``MAX_JUDGED_PIXEL_MM``). A pleural
+#: effusion or a pneumothorax parting the lung from most of the rib cage would be refused alike (not measured: no
+#: such scan here).
 RIB_CONTACT_MM = 15.0
 MIN_RIB_CONTACT = 0.4
 #: The cavity is judged only where the in-plane pixel is at most this (mm): coarser, the ribs (about 10 mm wide)
@@ -609,8 +611,14 @@ class LungMask(Transform):
         self.min_rib_contact = min_rib_contact
 
     def __call__(
-        self, img: np.ndarray | torch.Tensor, spacing: Sequence[float] | None = None
+        self,
+        img: np.ndarray | torch.Tensor,
+        spacing: Sequence[float] | None = None,
+        segmentation: LungSegmentation | None = None,
     ) -> np.ndarray | torch.Tensor:
+        """``segmentation``: that of ``img``'s volume already made (the chest check's, on the same volume turned
+        RAS: :meth:`~pipeline.transforms.plausibility.CheckChestCT.segment`), judged and returned instead of
+        segmenting again when its mask has ``img``'s spatial shape."""
         name = str(img.meta.get("filename_or_obj") or "<array>") if isinstance(img, MetaTensor) else "<array>"
         if spacing is None:
             spacing = self.spacing
@@ -621,10 +629,12 @@ class LungMask(Transform):
         array = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
         if array.ndim != 4 or array.shape[0] != 1:
             raise InputError(name, f"shape {tuple(array.shape)}: expected a channel-first (1, X, Y, Z) volume")
-        try:
-            found = segment_lungs(array[0], spacing)
-        except InputError as err:
-            raise InputError(name, err.problem) from None
+        found = segmentation
+        if found is None or found.mask.shape != array.shape[1:]:
+            try:
+                found = segment_lungs(array[0], spacing)
+            except InputError as err:
+                raise InputError(name, err.problem) from None
         judged = found.cavity_ml >= self.min_cavity_ml and max(spacing[:2]) <= MAX_JUDGED_PIXEL_MM
         share = found.lung_ml / found.cavity_ml if judged else np.inf
         if self.min_cavity_share is not None and share < self.min_cavity_share:
@@ -659,6 +669,9 @@ class LungMaskd(MapTransform):
             ``data[f"{key}_meta_dict"]``.
         min_cavity_share, min_cavity_ml, min_rib_contact: as :class:`LungMask` (refuse lungs too small for their
             chest).
+        segmentation_key: where a lung segmentation of the image already made may wait (one name per key, or one
+            for all: :class:`~pipeline.transforms.plausibility.CheckChestCTd` puts the chest check's there); it is
+            taken out of the data and used instead of segmenting again (``LungMask``'s ``segmentation``).
         allow_missing_keys: skip keys that are absent.
     """
 
@@ -672,19 +685,22 @@ class LungMaskd(MapTransform):
         min_cavity_share: float | None = MIN_CAVITY_SHARE,
         min_cavity_ml: float = MIN_CAVITY_ML,
         min_rib_contact: float | None = MIN_RIB_CONTACT,
+        segmentation_key: str | Sequence[str] | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.mask_keys = ensure_tuple_rep(mask_key, len(self.keys))
+        self.segmentation_keys = ensure_tuple_rep(segmentation_key, len(self.keys))
         self.masker = LungMask(spacing, min_cavity_share, min_cavity_ml, min_rib_contact)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key, mask_key in self.key_iterator(d, self.mask_keys):
+        for key, mask_key, segmentation_key in self.key_iterator(d, self.mask_keys, self.segmentation_keys):
             img = d[key]
             meta = d.get(f"{key}_meta_dict") or {}
             spacing = None
             if self.masker.spacing is None and not isinstance(img, MetaTensor) and "affine" in meta:
                 spacing = voxel_spacing(meta["affine"])
-            d[mask_key] = self.masker(img, spacing)
+            found = d.pop(segmentation_key, None) if segmentation_key is not None else None
+            d[mask_key] = self.masker(img, spacing, found)
         return d
