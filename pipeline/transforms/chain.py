@@ -6,9 +6,10 @@ series folder (shapes for a MosMedData study):
 1. ``LoadImaged`` ``(1, 512, 512, 33..54)`` HU, then ``CheckChestCTd`` (refuses what is not a chest CT in HU);
 2. ``Orientationd`` RAS;
 3. :class:`~pipeline.transforms.lung.LungMaskd`: the lungs, with what lies inside their envelope, on the scan's
-   own grid (``lung_grid="scan"``), where a diseased lung keeps the detail that finds it: resampled first, a
-   lung with reticulation and ground glass throughout lost three quarters of its mask. It refuses a study whose
-   lungs are implausibly small for the thoracic cavity in view;
+   own grid (``lung_grid="scan"``; the segmentation the chest check made, not a second one), where a diseased
+   lung keeps the detail that finds it: resampled first, a lung with reticulation and ground glass throughout
+   lost three quarters of its mask. It refuses a study whose lungs are implausibly small for the thoracic cavity
+   in view, or whose aerated lung stays off the ribs (a white lung);
 4. :class:`~pipeline.transforms.spatial.ResampleToSpacingd` of the image and the lung mask to ``pixdim`` mm,
    anti-aliased, so 0.6 mm and 8 mm scans look alike (about ``(180, 180, 90)`` at 2 x 2 x 4 mm); the mask,
    a fraction of each voxel there, is read at 0.5 (``AsDiscreted``). ``lung_grid="pixdim"``, the chain before
@@ -87,6 +88,9 @@ LUNG, MASK, HAS_MASK = "lung", "mask", "has_mask"
 #: Item key of the volume (mL) of one voxel of the network's grid: a number, which a disk cache keeps (it keeps
 #: tensors, not their affines), for the lesion evidence in mL.
 VOXEL_ML = "voxel_ml"
+#: Item key where the chest check leaves its lung segmentation (on the scan's grid) for ``LungMaskd`` to take:
+#: the lungs are segmented once a study (gone from the item once the lung mask is made).
+SEGMENTATION = "lung_segmentation"
 
 
 class NiftiReader(NibabelReader):
@@ -254,12 +258,12 @@ def deterministic_transforms(
         loader = LoadImaged(spatial, image_only=True, ensure_channel_first=True, allow_missing_keys=True)
         loader.register(NiftiReader(np.float32))  # chosen first for .nii/.nii.gz; DICOM series as before
         chain.append(loader)
-    if check_chest:
-        chain.append(CheckChestCTd(keys))
-    chain.append(Orientationd(spatial, axcodes="RAS", allow_missing_keys=True))
     native = outside_lung != "keep" and lung_grid == "scan"
+    if check_chest:
+        chain.append(CheckChestCTd(keys, segmentation_key=SEGMENTATION if native else None))
+    chain.append(Orientationd(spatial, axcodes="RAS", allow_missing_keys=True))
     if native:
-        chain.append(LungMaskd(keys, mask_key=LUNG))
+        chain.append(LungMaskd(keys, mask_key=LUNG, segmentation_key=SEGMENTATION))
     chain.append(ResampleToSpacingd([*spatial, LUNG] if native else spatial, pixdim=pixdim, allow_missing_keys=True))
     if outside_lung == "keep":
         chain.append(HUWindowd(keys, a_min=hu_window[0], a_max=hu_window[1]))

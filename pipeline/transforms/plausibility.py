@@ -24,7 +24,7 @@ intensity scaling or resampling. The thresholds come from the physics and anatom
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import nibabel as nib
@@ -33,11 +33,11 @@ import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends
+from monai.utils import TransformBackends, ensure_tuple_rep
 from scipy import ndimage
 
 from pipeline.transforms.hounsfield import AIR_HU, EDGE_AIR_HU, TISSUE_MIN_HU, voxel_spacing
-from pipeline.transforms.lung import lung_mask
+from pipeline.transforms.lung import LungSegmentation, segment_lungs
 from pipeline.utils.errors import InputError
 
 HU_MAX = 32767.0
@@ -105,13 +105,21 @@ def aerated_lung_ml(volume: np.ndarray, affine: np.ndarray | torch.Tensor | None
     The volume is turned to RAS with ``affine`` (1 mm voxels, RAS, without one) for
     :func:`pipeline.transforms.lung.lung_mask`; padding (:func:`padding_mask`) counts as air.
     """
+    return _aerated_lungs(volume, affine)[0]
+
+
+def _aerated_lungs(
+    volume: np.ndarray, affine: np.ndarray | torch.Tensor | None = None
+) -> tuple[float, LungSegmentation]:
+    """:func:`aerated_lung_ml` and the lung segmentation (:func:`~pipeline.transforms.lung.segment_lungs`) it
+    counted in, on the volume turned RAS with padding as air."""
     matrix = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
     ornt = nib.orientations.io_orientation(matrix)
     ras = nib.orientations.apply_orientation(np.where(padding_mask(volume), np.float32(AIR_HU), volume), ornt)
     spacing = np.asarray(voxel_spacing(affine))[ornt[:, 0].argsort()]
-    lung = np.asarray(lung_mask(ras, tuple(spacing)), dtype=bool)
-    parenchyma = lung & (ras > GAS_MAX_HU) & (ras < AERATED_MAX_HU)
-    return float(parenchyma.sum() * np.prod(spacing) / 1000.0)
+    found = segment_lungs(ras, tuple(spacing))
+    parenchyma = found.mask & (ras > GAS_MAX_HU) & (ras < AERATED_MAX_HU)
+    return float(parenchyma.sum() * np.prod(spacing) / 1000.0), found
 
 
 def _padding_hu(meta: Mapping | None) -> float | None:
@@ -157,6 +165,19 @@ class CheckChestCT(Transform):
         affine: np.ndarray | torch.Tensor | None = None,
         padding_hu: float | None = None,
     ) -> np.ndarray | torch.Tensor:
+        self.segment(img, filename, affine, padding_hu)
+        return img
+
+    def segment(
+        self,
+        img: np.ndarray | torch.Tensor,
+        filename: str | None = None,
+        affine: np.ndarray | torch.Tensor | None = None,
+        padding_hu: float | None = None,
+    ) -> LungSegmentation:
+        """Check ``img`` as calling the transform does, and return the lung segmentation the check counted the
+        aerated lung in: that of the volume turned RAS, padding as air (what
+        :class:`~pipeline.transforms.lung.LungMask` of the RAS volume computes, so it can take this one)."""
         if isinstance(img, MetaTensor):
             filename = filename or img.meta.get("filename_or_obj")
             affine = img.affine if affine is None else affine
@@ -183,14 +204,14 @@ class CheckChestCT(Transform):
                 f"no air: the lowest value is {low:g}, a CT has air near -1000 HU; this looks like another "
                 "modality (MR, PET), stored values without the rescale, or an already normalised image",
             )
-        aerated = aerated_lung_ml(np.where(padding, np.float32(AIR_HU), volume), affine)
+        aerated, found = _aerated_lungs(np.where(padding, np.float32(AIR_HU), volume), affine)
         if aerated < self.min_aerated_ml:
             raise InputError(
                 name,
                 f"not a chest CT: only {aerated:.0f} mL of aerated lung ({GAS_MAX_HU:g} to {AERATED_MAX_HU:g} HU); "
                 f"a chest CT has at least {self.min_aerated_ml:g} mL",
             )
-        return img
+        return found
 
     @staticmethod
     def _spatial(img: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
@@ -210,22 +231,31 @@ class CheckChestCTd(MapTransform):
     """Dictionary version of :class:`CheckChestCT`: checks ``data[key]`` for each key, returns ``data``.
 
     The file name, affine and padding value come from the MetaTensor's meta or, for plain arrays,
-    ``data[f"{key}_meta_dict"]``.
+    ``data[f"{key}_meta_dict"]``. With ``segmentation_key`` (one name per key, or one for all), the lung
+    segmentation the check made (:meth:`CheckChestCT.segment`) is put there, for
+    :class:`~pipeline.transforms.lung.LungMaskd` (its ``segmentation_key``) to take instead of segmenting again.
     """
 
     backend = CheckChestCT.backend
 
     def __init__(
-        self, keys: KeysCollection, min_aerated_ml: float = MIN_AERATED_ML, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        min_aerated_ml: float = MIN_AERATED_ML,
+        segmentation_key: str | Sequence[str] | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.checker = CheckChestCT(min_aerated_ml)
+        self.segmentation_keys = ensure_tuple_rep(segmentation_key, len(self.keys))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        for key in self.key_iterator(d):
+        for key, segmentation_key in self.key_iterator(d, self.segmentation_keys):
             meta = d.get(f"{key}_meta_dict") or {}
-            self.checker(
+            found = self.checker.segment(
                 d[key], filename=meta.get("filename_or_obj"), affine=meta.get("affine"), padding_hu=_padding_hu(meta)
             )
+            if segmentation_key is not None:
+                d[segmentation_key] = found
         return d

@@ -17,7 +17,9 @@ from pipeline.data.refusal import REFUSED, RefusingDataset
 from pipeline.engine.record import read, resolve
 from pipeline.networks.nets import build_network
 from pipeline.synth.phantom import SCANNERS, generate_study
-from pipeline.transforms.chain import RECORDED, deterministic_transforms, in_channels, lung_or_all
+from pipeline.transforms import lung, plausibility
+from pipeline.transforms.chain import RECORDED, SEGMENTATION, deterministic_transforms, in_channels, lung_or_all
+from pipeline.transforms.lung import segment_lungs
 from pipeline.utils.errors import InputError, find_input_error
 
 SMALL = TINY_CHAIN
@@ -157,3 +159,20 @@ def test_the_lung_grid_is_recorded_and_checked():
     assert "lung_grid" in RECORDED
     with pytest.raises(ValueError, match="lung_grid"):
         deterministic_transforms(lung_grid="native")
+
+
+def test_the_lungs_are_segmented_once_a_study(scan, monkeypatch):
+    """The chest check's lung segmentation is the lung mask's (``SEGMENTATION``), not a second one."""
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return segment_lungs(*args)
+
+    monkeypatch.setattr(lung, "segment_lungs", counted)
+    monkeypatch.setattr(plausibility, "segment_lungs", counted)
+    out = Compose(deterministic_transforms(**SMALL))({"image": str(scan)})
+    assert len(calls) == 1 and SEGMENTATION not in out and out["image"].shape == (1, 32, 32, 16)
+    calls.clear()
+    Compose(deterministic_transforms(**SMALL, lung_grid="pixdim"))({"image": str(scan)})
+    assert len(calls) == 2  # the check's on the scan's grid, the mask's on the pixdim grid

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, LoadImaged
+from monai.transforms import Compose, LoadImaged, Orientationd
 
 from pipeline.synth.phantom import generate_study
 from pipeline.transforms import hounsfield
-from pipeline.transforms.lung import lung_mask
+from pipeline.transforms.lung import LungMaskd, LungSegmentation, lung_mask
 from pipeline.transforms.plausibility import (
     MIN_AERATED_ML,
     CheckChestCT,
@@ -166,3 +166,19 @@ def test_the_lung_mask_stands_below_the_plausibility_checks():
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2])
     assert voxel_spacing is hounsfield.voxel_spacing
+
+
+@pytest.mark.parametrize("scanner", ["mosmed", "foreign"])  # LAS with -3024..-2000 HU padding, LPS
+def test_the_dict_check_hands_its_lung_segmentation_to_the_lung_mask(scanner):
+    """The chest check's segmentation (on the volume turned RAS, padding as air) is the lung mask's: ``LungMaskd``
+    takes it out of the item and gives the mask it would have found itself."""
+    study = generate_study("CT-3", 1, matrix=128, scanner=scanner)
+    img = MetaTensor(torch.from_numpy(study.image[None].astype(np.float32)), affine=torch.as_tensor(study.affine))
+    checked = CheckChestCTd("image", segmentation_key="seg")({"image": img})
+    assert isinstance(checked["seg"], LungSegmentation) and checked["image"] is img
+    oriented = Orientationd("image", axcodes="RAS")(checked)
+    handed = LungMaskd("image", segmentation_key="seg")(oriented)
+    assert "seg" not in handed
+    found = LungMaskd("image")({"image": oriented["image"]})["lung"]
+    assert torch.equal(handed["lung"], found) and handed["lung"].sum() > 0
+    assert "seg" not in CheckChestCTd("image")({"image": img})  # only when asked
