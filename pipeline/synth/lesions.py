@@ -7,7 +7,8 @@ footprint (a score field over the lung, highest where the pattern lies) and an a
 HU there); its parameters are drawn by :func:`draw_lesions` and listed in :data:`PATTERNS`.
 
 Painting (:func:`paint_lesions`) takes the patterns in turn: each claims exactly its share of the lung voxels,
-those of highest footprint not claimed yet, and changes the HU there only. The lesion mask is the union of the
+those of highest footprint not claimed yet (a CT-1 pattern with confluent patches claims their part first,
+then the rest of its share), and changes the HU there only. The lesion mask is the union of the
 claimed voxels: exactly the lung voxels whose HU a lesion changed (at least ``EDGE`` of its contrast at the
 margin, rising to full contrast inside). Arrays are ``(X, Y, Z)`` with Y towards anterior and Z towards
 superior (RAS or LAS alike); spacing in mm.
@@ -93,9 +94,17 @@ ADDON_RATES: dict[str, float] = {"round_ggo": 0.30, "subpleural": 0.30, "crazy_p
 ADDON_SHARE = (0.1, 0.3)
 MIN_PRIMARY_SHARE = 0.4
 #: CT-1 involvement: log-normal share of the lung (median, log std), clipped to ``CT1_CLIP``; calibrated
-#: against the 50 radiologist masks of MosMedData's CT-1 (median 66 mL in 60 pieces, largest 25 mL).
-CT1_FRACTION = (0.011, 0.8)
+#: against the 50 radiologist masks of MosMedData's CT-1 (median 66 mL in 60 pieces, largest 25 mL): 1.5 %
+#: of the synthetic lungs (median 4.3 L) gives a median 65 mL over 320 studies (16 cohorts of 20).
+CT1_FRACTION = (0.015, 0.8)
 CT1_CLIP = (0.002, 0.21)
+#: CT-1 round and subpleural patterns: share of the pattern's voxels in 1-3 confluent patches (uniform low,
+#: high); real CT-1 has one or a few confluent foci and many small ones (in the 50 masks below the largest
+#: piece holds a median 55 % of the lesion volume; without patches the synthetic largest piece was 2-10 mL).
+CT1_CONFLUENT_SHARE = (0.5, 0.9)
+#: CT-1 margins: every pattern's drawn ``ragged`` times this (in the real CT-1 masks 93 % of the pieces lie in
+#: one slice, most of them a few voxels at ragged lesion margins).
+CT1_RAGGED = 2.0
 #: MosMedData's 50 radiologist CT-1 masks (512x512, 8 mm slices; ``../shared/realct/mosmed_ct1_masks``):
 #: 25th / 50th / 75th percentile of total lesion volume (mL), 6-connected pieces and largest piece (mL).
 REAL_CT1: dict[str, tuple[float, float, float]] = {
@@ -131,26 +140,38 @@ def _draw_patchy_ggo(u, category: str) -> dict[str, Any]:
     }
 
 
+def _draw_confluent(u, category: str) -> dict[str, Any]:
+    """CT-1 only (other categories: nothing drawn): ``confluent_share`` (:data:`CT1_CONFLUENT_SHARE`) of the
+    pattern's voxels lie in ``confluent_patches`` (1-3) confluent patches, volumes in the ratio 1 : 1/2 : 1/4
+    and the pattern's appearance, claimed before the rest of its footprint (:func:`paint_lesions`)."""
+    if category != "CT-1":
+        return {}
+    return {"confluent_share": u(*CT1_CONFLUENT_SHARE), "confluent_patches": int(u(1.0, 4.0))}
+
+
 def _draw_round_ggo(u, category: str) -> dict[str, Any]:
-    """Round foci whose diameters are log-uniform in ``diameter_mm`` (within 5-30 mm), as many as the
-    involvement needs, gathered around 1-4 ``clusters`` (Gaussian, std ``cluster_mm`` 15-35 mm) where
-    neighbours merge, a sixth of the density scattered outside them; ground glass -700..-450 HU, fairly
-    sharp margins, ragged edge."""
-    lo = u(5.0, 10.0)
+    """Round foci whose diameters are log-uniform in ``diameter_mm`` (within 5-30 mm: from 5-10 to 12-30 mm;
+    CT-1 from 5-6 to 8-14 mm, the small foci beside its confluent patches), as many as the involvement needs,
+    gathered around 1-4 ``clusters`` (Gaussian, std ``cluster_mm`` 15-35 mm) where neighbours merge, a sixth
+    of the density scattered outside them; ground glass -700..-450 HU, fairly sharp margins, ragged edge.
+    CT-1: confluent patches (:func:`_draw_confluent`) where the clusters are."""
+    lo, hi = (u(5.0, 6.0), u(8.0, 14.0)) if category == "CT-1" else (u(5.0, 10.0), None)
     return {
         "ggo_hu": u(-700.0, -450.0),
         "ggo_var_hu": u(10.0, 40.0),
         "margin": u(0.2, 0.6),
         "ragged": u(0.3, 0.6),
-        "diameter_mm": (lo, u(max(lo, 12.0), 30.0)),
+        "diameter_mm": (lo, hi if hi else u(max(lo, 12.0), 30.0)),
         "clusters": int(u(1.0, 5.0)),
         "cluster_mm": u(15.0, 35.0),
+        **_draw_confluent(u, category),
     }
 
 
 def _draw_subpleural(u, category: str) -> dict[str, Any]:
     """Ground glass -750..-500 HU hugging the pleura (e-fold depth 5-15 mm), patchy along it; a curvilinear
-    band (+150..+350 HU, 1.5-3 mm thick) parallel to the pleura at 3-10 mm depth in 60 %."""
+    band (+150..+350 HU, 1.5-3 mm thick) parallel to the pleura at 3-10 mm depth in 60 %. CT-1: confluent
+    patches against the pleura (:func:`_draw_confluent`)."""
     return {
         "ggo_hu": u(-750.0, -500.0),
         "ggo_var_hu": u(10.0, 40.0),
@@ -161,6 +182,7 @@ def _draw_subpleural(u, category: str) -> dict[str, Any]:
         "band_depth_mm": u(3.0, 10.0),
         "band_width_mm": u(1.5, 3.0),
         "band_add_hu": u(150.0, 350.0),
+        **_draw_confluent(u, category),
     }
 
 
@@ -311,6 +333,8 @@ def draw_lesions(
     lesions = []
     for name, share in zip(chosen, shares, strict=True):
         comp = {"pattern": name, "share": share, **_DRAWS[name](u, category)}
+        if category == "CT-1":
+            comp["ragged"] *= CT1_RAGGED
         for key in _hu_keys(comp):
             comp[key] += shift
         lesions.append(comp)
@@ -468,9 +492,28 @@ def _foot_patchy(rng, comp, lesion, frame, n_vox):
     return _blobs(frame, centres, sizes) * (1 + 0.3 * frame.irregular), {}
 
 
+def _n_confluent(comp: dict[str, Any], n_vox: int) -> int:
+    """How many of a pattern's ``n_vox`` voxels its confluent patches claim (0 without them)."""
+    return round(comp.get("confluent_share", 0.0) * n_vox)
+
+
+def _confluent(rng, comp, frame, weight, n_conf) -> np.ndarray:
+    """Unit-peak blobs of ``comp["confluent_patches"]`` confluent patches at lung voxels drawn by ``weight``
+    (per lung voxel), sized so that their cores (above 0.5: radius 1.18 sigma, 6.8 sigma^3) hold ``n_conf``
+    voxels in the volume ratio 1 : 1/2 : 1/4."""
+    k = comp["confluent_patches"]
+    volumes = n_conf * np.prod(frame.spacing) * 0.5 ** np.arange(k) / (2 - 0.5 ** (k - 1))
+    out = np.zeros(frame.lung.shape, np.float32)
+    for centre, volume in zip(frame.pick(rng, weight, k), volumes, strict=True):
+        sigma = max((volume / 6.8) ** (1 / 3), frame.spacing[0])
+        out = np.maximum(out, blob_field(out.shape, centre[None], np.ones(1), sigma, frame.spacing))
+    return out
+
+
 def _foot_round(rng, comp, lesion, frame, n_vox):
     lo, hi = comp["diameter_mm"]
-    volume = n_vox * np.prod(frame.spacing)
+    n_conf = _n_confluent(comp, n_vox)
+    volume = max(n_vox - n_conf, 1) * np.prod(frame.spacing)
     mean_ball = np.mean(np.pi / 6 * np.exp(rng.uniform(np.log(lo), np.log(hi), 64)) ** 3)
     n = int(np.clip(round(volume / mean_ball), 1, 3000))
     diam = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
@@ -480,13 +523,22 @@ def _foot_round(rng, comp, lesion, frame, n_vox):
         near += np.exp(-(((frame.mm(frame.idx) - c) ** 2).sum(1)) / (2 * comp["cluster_mm"] ** 2))
     centres = frame.pick(rng, weight * (near + 0.15), n)
     # a unit Gaussian of std d / 2.8 is 0.5 at radius d / 2.4: the foci stand apart at a common threshold
-    return _blobs(frame, centres, diam / 2.8) * (1 + 0.1 * frame.irregular), {}
+    parts = {}
+    if n_conf:  # confluent patches where the foci gather
+        parts["confluent"] = _confluent(rng, comp, frame, weight * near, n_conf) * (1 + 0.3 * frame.irregular)
+    return _blobs(frame, centres, diam / 2.8) * (1 + 0.1 * frame.irregular), parts
 
 
 def _foot_subpleural(rng, comp, lesion, frame, n_vox):
     patch = smooth_field(rng, frame.lung.shape, 20.0, frame.spacing)
     where = (0.5 + lesion["posterior_weight"] * frame.post) * (0.5 + lesion["basal_weight"] * frame.low)
-    return np.exp(-frame.depth / comp["depth_mm"]) * where * np.exp(1.0 * patch), {}
+    score = np.exp(-frame.depth / comp["depth_mm"]) * where * np.exp(1.0 * patch)
+    n_conf = _n_confluent(comp, n_vox)
+    if not n_conf:
+        return score, {}
+    pleural = np.exp(-frame.depth / comp["depth_mm"])  # confluent patches against the pleura
+    patches = _confluent(rng, comp, frame, frame.at(score), n_conf) * pleural * (1 + 0.3 * frame.irregular)
+    return score, {"confluent": patches}
 
 
 def _foot_organizing(rng, comp, lesion, frame, n_vox):
@@ -651,20 +703,32 @@ def paint_lesions(
         if n_vox <= 0:
             continue
         score, parts = _FOOTPRINTS[comp["pattern"]](rng, comp, lesion, frame, n_vox)
-        score = (score * (1 + comp["ragged"] * frame.fine) + tie).astype(np.float32)
-        flat = np.flatnonzero(free)
-        values = score.ravel()[flat]
-        top = np.argpartition(-values, n_vox - 1)[:n_vox]
-        sel = np.zeros(lung.shape, bool)
-        sel.ravel()[flat[top]] = True
-        thr = values[top].min()
-        inner = max(float(np.median(values[top])) - thr, 1e-6)
-        ramp = np.clip(EDGE + (1 - EDGE) * (score - thr) / (comp["margin"] * inner), EDGE, 1)
-        amount = (ramp * sel).astype(np.float32)
-        out = _paint(rng, comp, frame, out, amount, sel, base, {**parts, "score": score})
-        mask |= sel
+        n_conf = _n_confluent(comp, n_vox) if "confluent" in parts else 0
+        # confluent patches (CT-1) claim their voxels first, the pattern's own footprint the rest
+        for field, n in ((parts.get("confluent"), n_conf), (score, n_vox - n_conf)):
+            if n <= 0:
+                continue
+            field = (field * (1 + comp["ragged"] * frame.fine) + tie).astype(np.float32)
+            sel, amount = _claim(field, lung & ~mask, n, comp["margin"])
+            out = _paint(rng, comp, frame, out, amount, sel, base, {**parts, "score": field})
+            mask |= sel
         claimed += n_vox
     return out, mask
+
+
+def _claim(score: np.ndarray, free: np.ndarray, n: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` voxels of ``free`` with the highest ``score`` (bool ``sel``) and how much of its full
+    contrast a lesion has there (``amount``: ``EDGE`` at the margin, 1 deeper than ``margin`` of the way from
+    the threshold to the selection's median score; 0 outside ``sel``)."""
+    flat = np.flatnonzero(free)
+    values = score.ravel()[flat]
+    top = np.argpartition(-values, n - 1)[:n]
+    sel = np.zeros(free.shape, bool)
+    sel.ravel()[flat[top]] = True
+    thr = values[top].min()
+    inner = max(float(np.median(values[top])) - thr, 1e-6)
+    ramp = np.clip(EDGE + (1 - EDGE) * (score - thr) / (margin * inner), EDGE, 1)
+    return sel, (ramp * sel).astype(np.float32)
 
 
 def add_lesions(

@@ -10,12 +10,15 @@ from pipeline.synth.generate import _study_seed
 from pipeline.synth.lesions import (
     ADDON_RATES,
     CATEGORY_BANDS,
+    CT1_CONFLUENT_SHARE,
+    CT1_RAGGED,
     PATTERNS,
     PRIMARY_RATES,
     REAL_CT1,
     VIRAL,
     add_lesions,
     draw_lesions,
+    paint_lesions,
 )
 from pipeline.synth.phantom import generate_study
 
@@ -107,6 +110,56 @@ def test_pattern_signatures() -> None:
     assert (new[mask] < -880).any() and np.percentile(new[mask], 95) > np.median(new[mask]) + 100
     new, mask, _ = add_lesions(rng(5), "CT-2", hu, lung, SPACING, patterns=("round_ggo",))
     assert ndimage.label(mask)[1] >= 3
+
+
+@pytest.mark.parametrize("pattern", ["round_ggo", "subpleural"])
+def test_ct1_confluent_patches_keep_the_mask_exact(pattern: str) -> None:
+    """CT-1 round and subpleural lesions claim their confluent patches first, then the rest of their footprint:
+    the mask is still exactly the voxels whose HU changed, as many as the involvement; same stream, same lesion."""
+    hu, lung = _chest()
+    for seed in range(3):
+        new, mask, params = add_lesions(np.random.default_rng(seed), "CT-1", hu, lung, SPACING, patterns=(pattern,))
+        comp = params["lesions"][0]
+        assert CT1_CONFLUENT_SHARE[0] <= comp["confluent_share"] <= CT1_CONFLUENT_SHARE[1]
+        assert comp["confluent_patches"] in (1, 2, 3)
+        assert mask.sum() == round(params["target_fraction"] * lung.sum()) and not (mask & ~lung).any()
+        assert np.array_equal(new != hu, mask)
+        again = add_lesions(np.random.default_rng(seed), "CT-1", hu, lung, SPACING, patterns=(pattern,))
+        assert np.array_equal(again[0], new) and np.array_equal(again[1], mask)
+
+
+def test_confluent_patches_hold_the_largest_piece() -> None:
+    """CT-1 round foci over 8 seeds: with their confluent patches the largest 6-connected piece holds a median
+    of at least 40 % of the lesion; the same draws with no patches (share 0), under 25 %."""
+    hu, lung = _chest()
+    shares: dict[bool, list[float]] = {True: [], False: []}
+    for seed in range(8):
+        lesion = draw_lesions(np.random.default_rng(seed), "CT-1", ("round_ggo",))
+        for patches in (True, False):
+            comps = [c if patches else {**c, "confluent_share": 0.0} for c in lesion["lesions"]]
+            _, mask = paint_lesions(np.random.default_rng(seed), {**lesion, "lesions": comps}, hu, lung, SPACING)
+            labels, _ = ndimage.label(mask)
+            shares[patches].append(np.bincount(labels.ravel())[1:].max() / mask.sum())
+    assert np.median(shares[True]) >= 0.4 and np.median(shares[False]) < 0.25, shares
+
+
+def test_only_ct1_draws_confluent_patches_small_foci_and_rougher_margins() -> None:
+    """CT-2..CT-4 draw round foci and subpleural lesions as before (no patches, margins as drawn); CT-1 draws
+    patches, foci 5-14 mm and margins ``CT1_RAGGED`` times as ragged."""
+    for seed in range(50):
+        for category in POSITIVE:
+            lesion = draw_lesions(np.random.default_rng(seed), category, ("round_ggo", "subpleural"))
+            round_foci, subpleural = lesion["lesions"]
+            factor = CT1_RAGGED if category == "CT-1" else 1.0
+            assert 0.3 * factor <= round_foci["ragged"] <= 0.6 * factor
+            assert 0.1 * factor <= subpleural["ragged"] <= 0.3 * factor
+            lo, hi = round_foci["diameter_mm"]
+            if category == "CT-1":
+                assert 5.0 <= lo <= 6.0 and 8.0 <= hi <= 14.0
+                assert all("confluent_share" in c for c in lesion["lesions"])
+            else:
+                assert 5.0 <= lo <= 10.0 and 12.0 <= hi <= 30.0
+                assert not any("confluent_share" in c for c in lesion["lesions"])
 
 
 def test_forcing_patterns_is_checked() -> None:
