@@ -19,6 +19,7 @@ import enum
 import hashlib
 import inspect
 import json
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +32,9 @@ from monai.data.utils import pickle_hashing
 
 from pipeline.data.imagecheck import check_image
 from pipeline.data.refusal import RefusingDataset, refusal
-from pipeline.utils.errors import InputError, InputErrors, find_input_error
+from pipeline.utils.errors import InputError, InputErrors, LungsNotHeld, find_input_error
+
+logger = logging.getLogger(__name__)
 
 CACHE_KINDS = ("memory", "disk", "none")
 #: ``"run"``: bad input refuses the whole run (training); ``"study"``: only the bad study (evaluation, inference).
@@ -101,9 +104,11 @@ class CheckedCacheDataset(CacheDataset):
     :class:`InputError`, the cache fill goes on. At its end, with ``refuse="run"`` (training) one
     :class:`InputErrors` lists every bad file; with ``refuse="study"`` (evaluation) each item is also header-checked
     first (:func:`~pipeline.data.imagecheck.check_image`), the bad items leave the dataset and their refusals
-    (:func:`pipeline.data.refusal.refusal`) are kept in :attr:`refused`. Other exceptions propagate unchanged. Items
-    transformed at run time (``cache_rate < 1``) raise as usual. Other arguments are those of
-    :class:`~monai.data.CacheDataset`.
+    (:func:`pipeline.data.refusal.refusal`) are kept in :attr:`refused`. Lungs the mask cannot hold
+    (:class:`~pipeline.utils.errors.LungsNotHeld`: white lungs) are not bad files: with ``refuse="run"`` too they
+    leave the dataset, each logged as a warning and kept in :attr:`refused`, and the run goes on. Other exceptions
+    propagate unchanged. Items transformed at run time (``cache_rate < 1``, or a disk cache) raise as usual. Other
+    arguments are those of :class:`~monai.data.CacheDataset`.
     """
 
     _collecting = False
@@ -122,8 +127,11 @@ class CheckedCacheDataset(CacheDataset):
         finally:
             self._collecting = False
         bad = {i for i, item in enumerate(cache) if isinstance(item, InputError)}
-        if bad and self.refuse == "run":
-            raise InputErrors([cache[i] for i in sorted(bad)])
+        if self.refuse == "run":
+            if stop := [cache[i] for i in sorted(bad) if not isinstance(cache[i], LungsNotHeld)]:
+                raise InputErrors(stop)
+            for i in sorted(bad):
+                logger.warning("left out of this run: %s", cache[i])
         self.refused = [refusal(self.data[i], cache[i]) for i in sorted(bad)]
         if bad:
             self.data = [item for i, item in enumerate(self.data) if i not in bad]

@@ -79,7 +79,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, ensure_tuple_rep
 from scipy import ndimage
 
 from pipeline.transforms.hounsfield import EDGE_AIR_HU, TISSUE_MIN_HU, voxel_spacing
-from pipeline.utils.errors import InputError
+from pipeline.utils.errors import InputError, LungsNotHeld
 
 __all__ = ["LungMask", "LungMaskd", "LungSegmentation", "lung_mask", "lung_volume_ml", "segment_lungs"]
 
@@ -638,7 +638,7 @@ class LungMask(Transform):
         judged = found.cavity_ml >= self.min_cavity_ml and max(spacing[:2]) <= MAX_JUDGED_PIXEL_MM
         share = found.lung_ml / found.cavity_ml if judged else np.inf
         if self.min_cavity_share is not None and share < self.min_cavity_share:
-            raise InputError(
+            raise LungsNotHeld(
                 name,
                 f"lungs implausibly small for the chest in view: the lung mask holds {found.lung_ml:.0f} mL, "
                 f"{100 * share:.0f} % of the {found.cavity_ml:.0f} mL thoracic cavity inside the ribs, where lungs "
@@ -646,7 +646,7 @@ class LungMask(Transform):
                 "than predicted on what is left",
             )
         if judged and self.min_rib_contact is not None and found.rib_contact < self.min_rib_contact:
-            raise InputError(
+            raise LungsNotHeld(
                 name,
                 f"lungs implausibly small for the chest in view: the aerated lung reaches the ribs on "
                 f"{100 * found.rib_contact:.0f} % of the rib cage's inner surface, where lungs reach at least "

@@ -19,6 +19,14 @@ class InputError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class LungsNotHeld(InputError):
+    """A chest CT whose lungs the lung mask cannot hold (dense lung it cannot find: a white lung).
+
+    Never predicted on what the mask keeps: evaluation and inference refuse the study; a training cohort leaves it
+    out and goes on (its lesion targets and input would be those of the lung that is left), naming it.
+    """
+
+
 class InputErrors(InputError):
     """Several bad inputs found in one pass; the message lists every one of them."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from conftest import chest, write_nifti
@@ -9,6 +11,7 @@ from monai.transforms import Compose
 
 from pipeline.data.cache import CheckedCacheDataset, cached_dataset
 from pipeline.data.refusal import REFUSED, RefusingDataset, collate_refusals
+from pipeline.synth.phantom import generate_study
 from pipeline.transforms.chain import deterministic_transforms
 from pipeline.utils.errors import InputErrors
 
@@ -51,3 +54,20 @@ def test_streaming_dataset_passes_refusals_with_the_batch(items):
     assert collate_refusals([ds[0]]) == {REFUSED: [ds[0][REFUSED]]}
     with pytest.raises(ValueError, match="needs cache"):
         cached_dataset(items, preprocessing(), cache="disk", cache_dir="x", refuse="study")
+
+
+def test_a_training_cohort_leaves_out_lungs_the_mask_cannot_hold(items, tmp_path, caplog):
+    """A white lung (lobar consolidation through both lungs) is not a bad file: training leaves it out, names it
+    and goes on; a bad file beside it still stops the run."""
+    study = generate_study("CT-4", 0, matrix=128, patterns=("lobar",))
+    white = write_nifti(tmp_path / "white.nii.gz", study.image, study.affine)
+    cohort = [items[1], {"image": str(white), "label": 1}]
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.cache"):
+        ds = CheckedCacheDataset(cohort, preprocessing(), refuse="run", num_workers=1, progress=False)
+    assert len(ds) == 1 and ds.data == [items[1]]
+    (left,) = ds.refused
+    assert left["image"] == str(white) and "lungs implausibly small" in left["reason"]
+    assert "white.nii.gz" in caplog.text and "left out of this run" in caplog.text
+    with pytest.raises(InputErrors) as err:  # the constant volume is bad input: the run stops, naming it alone
+        CheckedCacheDataset([*cohort, items[2]], preprocessing(), refuse="run", num_workers=1, progress=False)
+    assert [e.path for e in err.value.errors] == [items[2]["image"]]
