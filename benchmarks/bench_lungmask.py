@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import THREADS, median, write_results
+from benchmarks.common import THREADS, median, timed, write_results
 from pipeline.synth.phantom import SCANNERS, generate_study
 from pipeline.transforms.lung import segment_lungs
 
@@ -36,18 +35,6 @@ def ras_study(category: str, seed: int, matrix: int, scanner: str) -> tuple[np.n
     lesion = np.ascontiguousarray(study.mask[::flip]).astype(bool)
     lung = np.ascontiguousarray(study.lung[::flip])
     return image, lesion, lung, np.abs(np.diag(study.affine)[:3])
-
-
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """Median wall and CPU seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return median(wall), median(cpu)
 
 
 def run(studies: int, repeats: int, matrix: int = 512) -> dict[str, Any]:

@@ -53,6 +53,19 @@ def interleaved(variants: Mapping[str, Callable[[], object]], repeats: int, warm
     return times
 
 
+def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU seconds of ``repeats`` calls of ``fn`` after one warm-up call (on a shared machine the
+    wall time includes waiting for a core, the CPU time does not)."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return median(wall), median(cpu)
+
+
 def median(values: list[float]) -> float:
     """Median of ``values``."""
     return float(statistics.median(values))
