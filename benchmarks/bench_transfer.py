@@ -18,9 +18,12 @@ their combination) side by side, from the same checkpoint (``--ckpt-dir``, defau
    lung voxels beside the share of the input that is lung (equal shares: no preference); a PNG montage.
 
 The rule to decide by is chosen here, by transfer: the best mean AUC over the synthetic transfer cohorts
-(:func:`choose_rule`), never on validation alone nor on the real scans. A model whose record has no decision
-(trained before decisions) gets one fitted on a stand-in validation cohort of the training generator
-(``--fit-seed``), said so in the results.
+(:func:`choose_rule`), never on validation alone nor on the real scans. Choices about the recipe (augmentation
+strengths, generator settings) are made on the **development draw** (``--draw development``): the same three
+profiles drawn with other seeds (:data:`DRAWS`), without the real scans and without figures, written to
+``NAME_development``; the reported draw is then measured once, and the real scans only there. A model whose
+record has no decision (trained before decisions) gets one fitted on a stand-in validation cohort of the training
+generator (``--fit-seed``), said so in the results.
 
 Example (the README's figures)::
 
@@ -70,6 +73,9 @@ IMAGES = REPO / "docs" / "images"
 #: The synthetic transfer cohorts: (name, scanner profile of :func:`generate_cohort`, seed). The rule is chosen on
 #: these; none shares a seed with the training cohort (0) or the stand-in validation cohort (``--fit-seed``).
 COHORTS = (("fresh seed", "mosmed", 101), ("shifted scanner", "shifted", 202), ("foreign", "foreign", 505))
+#: Seed offset of each draw of :data:`COHORTS`: ``report`` gives the README's figures, ``development`` the cohorts
+#: that recipe choices are made on (module docstring).
+DRAWS = {"report": 0, "development": 1000}
 EVIDENCE_KEYS = ("lesion_ml", "focus_ml", "involvement", "involvement_true")
 
 
@@ -338,7 +344,9 @@ def markdown(results: dict[str, Any]) -> str:
     """The tables of ``results``: each rule on each synthetic cohort, the severity, then every real scan."""
     cohorts = [name for name, _, _ in COHORTS if isinstance(results.get(name), dict)]
     rules = list(results["decision"]["rules"])
-    lines = [f"Decision fitted on: {results['decision_source']}. Rule chosen by transfer: "
+    lines = [f"Cohorts: the {results.get('draw', 'report')} draw (seeds {', '.join(str(s) for _, _, s in COHORTS)} "
+             f"+ {DRAWS[results.get('draw', 'report')]}). Decision fitted on: {results['decision_source']}. "
+             "Rule chosen by transfer: "
              f"**{results['chosen']['rule']}** (mean AUC over {', '.join(cohorts)}: "
              + ", ".join(f"{r} {v:.3f}" for r, v in results["chosen"]["mean_auc"].items()) + ").", ""]  # fmt: skip
     lines += [f"- {name}: {results[name]}" for name, _, _ in COHORTS if isinstance(results.get(name), str)]
@@ -411,7 +419,13 @@ def main() -> None:
     parser.add_argument("--lesion-figure", type=Path, default=IMAGES / "transfer_lesion_maps.png")
     parser.add_argument("--name", default="transfer", help="results file stem (benchmarks/results/NAME.json, .md)")
     parser.add_argument("--realct", type=Path, default=None, help="the real CT folder (third-party; read in place)")
+    parser.add_argument("--draw", choices=sorted(DRAWS), default="report",
+                        help="cohort seeds: report (the README's figures) or development (recipe choices; no real "
+                        "scans, no figures, results in NAME_development)")  # fmt: skip
     args = parser.parse_args()
+    development = args.draw == "development"
+    if development:
+        args.name, args.realct = f"{args.name}_development", None
     torch.set_num_threads(2)
     work = args.work or Path(tempfile.mkdtemp(prefix="transfer-"))
     model = args.ckpt_dir / "model.pt"
@@ -423,16 +437,16 @@ def main() -> None:
         decision = stand_in_decision(work, args.ckpt_dir, record, args)
         source = f"a stand-in validation cohort of the training generator (seed {args.fit_seed}; the record has none)"
     results: dict[str, Any] = {"checkpoint": str(model), "record": record, "decision": decision,
-                               "decision_source": source}  # fmt: skip
+                               "decision_source": source, "draw": args.draw}  # fmt: skip
     tables: dict[str, tuple[np.ndarray, dict[str, np.ndarray], list[str]]] = {}
     for name, scanner, seed in COHORTS:
         if scanner not in SCANNERS:
             results[name] = f"skipped: the generator has no {scanner!r} scanner profile"
             continue
-        cohort = work / name.replace(" ", "_")
+        cohort = work / (name.replace(" ", "_") + ("_development" if development else ""))
         if not (cohort / "dataset_registry.csv").is_file():
-            generate_cohort(cohort, per_category=args.per_category, seed=seed, matrix=args.matrix, scanner=scanner,
-                            workers=2, progress=False)  # fmt: skip
+            generate_cohort(cohort, per_category=args.per_category, seed=seed + DRAWS[args.draw], matrix=args.matrix,
+                            scanner=scanner, workers=2, progress=False)  # fmt: skip
         every = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
         rows = scored(every)
         _, prob, evidence = evidence_of(rows)
@@ -457,7 +471,7 @@ def main() -> None:
         results["figure"] = _shown(montage(panels, args.figure.resolve()))
     else:
         results["real"] = f"skipped: no --realct folder ({args.realct})"
-    if has_lesion_output(record["network_name"]):
+    if has_lesion_output(record["network_name"]) and not development:
         chain = Compose(deterministic_transforms(**prep, dtype=torch.float32, lesion=True))
         scans = []
         for title, item in lesion_examples(work / "fresh_seed", args.realct):
