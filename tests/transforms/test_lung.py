@@ -38,7 +38,7 @@ PATTERNS = (
     ("CT-3", ("diffuse_reticular",)),
 )
 #: White lungs: lobar consolidation (-30..+50 HU, air bronchograms) over at least 75 % of both lungs. The mask
-#: cannot hold them (it keeps 0.24-0.64 of the true lung): they are refused (``test_white_lungs...``).
+#: cannot hold them (it keeps 0.12-0.42 of the true lung): they are refused (``test_white_lungs...``).
 WHITE_LUNG = ("CT-4", ("lobar",))
 
 
@@ -126,7 +126,7 @@ def test_healthy_lungs_are_not_much_larger_than_the_true_lungs(seed):
 
 
 #: The most of the mask that may lie outside the true lung (heart, mediastinum, chest wall, the partial volume of
-#: the lung's edge at 2.3-4.6 mm pixels), per profile: 0.062-0.080 (mosmed), 0.051-0.071 (shifted), 0.069-0.106
+#: the lung's edge at 2.3-4.6 mm pixels), per profile: 0.062-0.080 (mosmed), 0.051-0.071 (shifted), 0.068-0.106
 #: (foreign) over ``PATTERNS`` and ``SEEDS``; 0.065-0.097, 0.053-0.091 and 0.075-0.132 while the closing and the fill
 #: could take the mediastinum.
 NOT_LUNG_MAX = {"mosmed": 0.09, "shifted": 0.085, "foreign": 0.12}
@@ -139,7 +139,8 @@ def test_the_true_lung_is_in_the_mask_for_every_study(scanner, category, pattern
         image, lung, affine = true_lung(scanner, category, seed, patterns)
         mask = LungMask(voxel_spacing(affine))(image[None])[0] > 0  # not refused
         found, not_lung = coverage(mask, lung)
-        assert found >= 0.97, (scanner, category, patterns, seed, found)  # 0.974-0.999 today
+        # 0.982-0.999 today; 0.993-0.999 while the closing could take the mediastinum and with it dense lung there
+        assert found >= 0.97, (scanner, category, patterns, seed, found)
         assert not_lung < NOT_LUNG_MAX[scanner], (scanner, category, patterns, seed, not_lung)
 
 
@@ -153,7 +154,7 @@ def as_meta(image: np.ndarray, affine: np.ndarray, name: str) -> MetaTensor:
 @pytest.mark.parametrize("scanner", list(SCANNERS))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_white_lungs_the_mask_cannot_hold_are_refused(scanner, seed):
-    # lobar white lungs: the mask keeps 0.24-0.64 of the true lung and 0.08-0.24 of the cavity, where normal foreign
+    # lobar white lungs: the mask keeps 0.12-0.42 of the true lung and 0.05-0.16 of the cavity, where normal foreign
     # chests fill 0.17-0.37; the aerated lung reaches the ribs on 0.06-0.31 of the rib cage, normal lungs 0.59-0.80
     image, lung, affine = true_lung(scanner, WHITE_LUNG[0], seed, WHITE_LUNG[1])
     found = segment_lungs(image, voxel_spacing(affine))
@@ -258,8 +259,8 @@ def test_real_lungs_hold_little_soft_tissue_and_fill_their_chest(name):
     # soft tissue (above -100 HU) in lungs without dense disease is vessels, airway walls, fissures and the
     # partial volume at their edge: mediastinum, heart, chest wall or liver in the mask add far more
     soft = float((found.mask & (volume > -100)).sum() / found.mask.sum())
-    assert soft < 0.08, soft  # 0.031-0.067 today; 0.062-0.136 while the closing took the mediastinum
-    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.37-0.67: far from the refusal at 0.12
+    assert soft < 0.08, soft  # 0.040-0.073 today; 0.062-0.136 while the closing took the mediastinum
+    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.37-0.68: far from the refusal at 0.12
     assert found.rib_contact > 0.6  # 0.80-0.96: far from the refusal at 0.4
     assert LungMask(spacing)(volume[None]).shape == (1, *volume.shape)  # not refused
 
@@ -269,7 +270,7 @@ def test_real_mediastinum_between_the_lungs_is_not_in_the_mask(name):
     volume, spacing = real(name)
     mask = lung_mask(volume, spacing)
     between = float(between_the_lungs(volume, mask).sum() / mask.sum())
-    assert between < 0.015, between  # 0.002-0.007 today; 0.019-0.062 while the closing took the hila and heart
+    assert between < 0.015, between  # 0.003-0.010 today; 0.019-0.062 while the closing took the hila and heart
 
 
 def test_real_abdomen_has_almost_no_lung_and_no_bowel_gas():
