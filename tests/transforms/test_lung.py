@@ -38,7 +38,7 @@ PATTERNS = (
     ("CT-3", ("diffuse_reticular",)),
 )
 #: White lungs: lobar consolidation (-30..+50 HU, air bronchograms) over at least 75 % of both lungs. The mask
-#: cannot hold them (it keeps 0.24-0.64 of the true lung): they are refused (``test_white_lungs...``).
+#: cannot hold them (it keeps 0.12-0.42 of the true lung): they are refused (``test_white_lungs...``).
 WHITE_LUNG = ("CT-4", ("lobar",))
 
 
@@ -125,6 +125,13 @@ def test_healthy_lungs_are_not_much_larger_than_the_true_lungs(seed):
     assert len([c for c in components_ml(mask, spacing) if c[0] > 100]) == 2
 
 
+#: The most of the mask that may lie outside the true lung (heart, mediastinum, chest wall, the partial volume of
+#: the lung's edge at 2.3-4.6 mm pixels), per profile: 0.062-0.080 (mosmed), 0.051-0.071 (shifted), 0.068-0.106
+#: (foreign) over ``PATTERNS`` and ``SEEDS``; 0.065-0.097, 0.053-0.091 and 0.075-0.132 while the closing and the fill
+#: could take the mediastinum.
+NOT_LUNG_MAX = {"mosmed": 0.09, "shifted": 0.085, "foreign": 0.12}
+
+
 @pytest.mark.parametrize("scanner", list(SCANNERS))
 @pytest.mark.parametrize("category,patterns", PATTERNS)
 def test_the_true_lung_is_in_the_mask_for_every_study(scanner, category, patterns):
@@ -132,8 +139,9 @@ def test_the_true_lung_is_in_the_mask_for_every_study(scanner, category, pattern
         image, lung, affine = true_lung(scanner, category, seed, patterns)
         mask = LungMask(voxel_spacing(affine))(image[None])[0] > 0  # not refused
         found, not_lung = coverage(mask, lung)
-        assert found >= 0.97, (scanner, category, patterns, seed, found)  # 0.993-0.999 today
-        assert not_lung < 0.2, (scanner, category, patterns, seed, not_lung)  # 0.07-0.14 today
+        # 0.982-0.999 today; 0.993-0.999 while the closing could take the mediastinum and with it dense lung there
+        assert found >= 0.97, (scanner, category, patterns, seed, found)
+        assert not_lung < NOT_LUNG_MAX[scanner], (scanner, category, patterns, seed, not_lung)
 
 
 def as_meta(image: np.ndarray, affine: np.ndarray, name: str) -> MetaTensor:
@@ -146,7 +154,7 @@ def as_meta(image: np.ndarray, affine: np.ndarray, name: str) -> MetaTensor:
 @pytest.mark.parametrize("scanner", list(SCANNERS))
 @pytest.mark.parametrize("seed", SEEDS)
 def test_white_lungs_the_mask_cannot_hold_are_refused(scanner, seed):
-    # lobar white lungs: the mask keeps 0.24-0.64 of the true lung and 0.08-0.24 of the cavity, where normal foreign
+    # lobar white lungs: the mask keeps 0.12-0.42 of the true lung and 0.05-0.16 of the cavity, where normal foreign
     # chests fill 0.17-0.37; the aerated lung reaches the ribs on 0.06-0.31 of the rib cage, normal lungs 0.59-0.80
     image, lung, affine = true_lung(scanner, WHITE_LUNG[0], seed, WHITE_LUNG[1])
     found = segment_lungs(image, voxel_spacing(affine))
@@ -231,17 +239,38 @@ REAL_NORMALS = (
 )
 
 
+def between_the_lungs(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The voxels of ``mask`` above -100 HU (soft tissue, not partial volume with air) that lie, on their row (axis 0
+    at fixed y and z), between the innermost aerated (below -500 HU) voxels of the mask on either side of the
+    volume's centre: the mediastinum between the two lungs."""
+    nx = volume.shape[0]
+    x = np.arange(nx)[:, None, None]
+    aerated = mask & (volume < -500)
+    left = np.where(aerated & (x < (nx - 1) / 2), x, -1).max(axis=0)
+    right = np.where(aerated & (x > (nx - 1) / 2), x, nx).min(axis=0)
+    gap = (x > left) & (x < right) & ((left >= 0) & (right < nx))[None]
+    return mask & gap & (volume > -100)
+
+
 @pytest.mark.parametrize("name", REAL_NORMALS)
 def test_real_lungs_hold_little_soft_tissue_and_fill_their_chest(name):
     volume, spacing = real(name)
     found = segment_lungs(volume, spacing)
-    # soft tissue (above -300 HU) in lungs without dense disease is vessels, airway walls, fissures and the
-    # partial volume at their edge: mediastinum, chest wall or liver in the mask would add far more
-    soft = float((found.mask & (volume > -300)).sum() / found.mask.sum())
-    assert soft < 0.2, soft  # 0.11-0.18 today (0.14-0.18 before the dome and edge rules)
-    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.39-0.73: far from the refusal at 0.12
-    assert found.rib_contact > 0.6  # 0.79-0.96: far from the refusal at 0.4
+    # soft tissue (above -100 HU) in lungs without dense disease is vessels, airway walls, fissures and the
+    # partial volume at their edge: mediastinum, heart, chest wall or liver in the mask add far more
+    soft = float((found.mask & (volume > -100)).sum() / found.mask.sum())
+    assert soft < 0.08, soft  # 0.040-0.073 today; 0.062-0.136 while the closing took the mediastinum
+    assert found.lung_ml > 0.3 * found.cavity_ml  # 0.37-0.68: far from the refusal at 0.12
+    assert found.rib_contact > 0.6  # 0.80-0.96: far from the refusal at 0.4
     assert LungMask(spacing)(volume[None]).shape == (1, *volume.shape)  # not refused
+
+
+@pytest.mark.parametrize("name", (*REAL_NORMALS, "nifti/chest_cta_crop.nii.gz"))
+def test_real_mediastinum_between_the_lungs_is_not_in_the_mask(name):
+    volume, spacing = real(name)
+    mask = lung_mask(volume, spacing)
+    between = float(between_the_lungs(volume, mask).sum() / mask.sum())
+    assert between < 0.015, between  # 0.003-0.010 today; 0.019-0.062 while the closing took the hila and heart
 
 
 def test_real_abdomen_has_almost_no_lung_and_no_bowel_gas():
