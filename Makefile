@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 BUNDLE := bundles/chest_ct_pneumonia_classification
 COHORT ?= data/synthetic
 # the embedded synthetic cohort of the quickstart (MosMedData geometry and field of view)
-SYNTH_ARGS ?= --categories CT-0,CT-1,CT-2,CT-3,CT-4 --per-category 40 --matrix 256 --seed 0 --workers 2
+SYNTH_ARGS ?= --categories CT-0,CT-1,CT-2,CT-3,CT-4 --per-category 80 --matrix 256 --seed 0 --workers 2
 TRAIN_ARGS ?= --epochs 20
 
 .PHONY: setup cohort train test lint bench clean-runs

@@ -10,18 +10,19 @@ their combination) side by side, from the same checkpoint (``--ckpt-dir``, defau
    interval, sensitivity and specificity at the rule's threshold chosen on validation (the record's decision),
    sensitivity per category; the severity: Spearman and mean absolute error (percentage points) of the measured
    and of the calibrated involvement against the true one (the generator's lesion masks), quadratic-weighted
-   kappa of the MosMed category (calibrated involvement, the rule chosen by transfer).
+   kappa of the MosMed category (calibrated involvement, the rule the model applies: its record's ``rule``).
 2. **Real scans** in ``--realct DIR`` (third-party, read in place, never copied): each rule's P(pneumonia) of the
    real chest CTs without pneumonia and of the RICORD 30 mm slabs (partial scans; never tuned on), and the AUC of
    the RICORD positives against all the others; refused scans are listed as refused. Same chain as the bundle.
 3. **Where it looks**: Grad-CAM of the pneumonia class over each real scan, the share of its mass that lies on
    lung voxels beside the share of the input that is lung (equal shares: no preference); a PNG montage.
 
-The rule to decide by is chosen here, by transfer: the best mean AUC over the synthetic transfer cohorts
-(:func:`choose_rule`), never on validation alone nor on the real scans. Choices about the recipe (augmentation
-strengths, generator settings) are made on the **development draw** (``--draw development``): the same three
-profiles drawn with other seeds (:data:`DRAWS`), without the real scans and without figures, written to
-``NAME_development``; the reported draw is then measured once, and the real scans only there. A model whose
+The rule to decide by is chosen by transfer: the best mean AUC over the synthetic transfer cohorts
+(:func:`choose_rule`, reported for every draw), never on validation alone nor on the real scans. That choice, and
+choices about the recipe (augmentation strengths, cohort size, generator settings), are made on the **development
+draw** (``--draw development``): the same three profiles drawn with other seeds (:data:`DRAWS`), without the real
+scans and without figures, written to ``NAME_development``. The model applies the rule its record names
+(``decision_rule`` in train.json); the report draw then measures it once, and the real scans only there. A model whose
 record has no decision (trained before decisions) gets one fitted on a stand-in validation cohort of the training
 generator (``--fit-seed``), said so in the results.
 
@@ -71,7 +72,8 @@ from pipeline.utils.guard import EXIT_OK, EXIT_PARTIAL
 EVALUATE_JSON = BUNDLE / "configs" / "evaluate.json"
 IMAGES = REPO / "docs" / "images"
 #: The synthetic transfer cohorts: (name, scanner profile of :func:`generate_cohort`, seed). The rule is chosen on
-#: these; none shares a seed with the training cohort (0) or the stand-in validation cohort (``--fit-seed``).
+#: their development draw; none shares a seed with the training cohort (0) or the stand-in validation cohort
+#: (``--fit-seed``).
 COHORTS = (("fresh seed", "mosmed", 101), ("shifted scanner", "shifted", 202), ("foreign", "foreign", 505))
 #: Seed offset of each draw of :data:`COHORTS`: ``report`` gives the README's figures, ``development`` the cohorts
 #: that recipe choices are made on (module docstring).
@@ -346,7 +348,7 @@ def markdown(results: dict[str, Any]) -> str:
     rules = list(results["decision"]["rules"])
     lines = [f"Cohorts: the {results.get('draw', 'report')} draw (seeds {', '.join(str(s) for _, _, s in COHORTS)} "
              f"+ {DRAWS[results.get('draw', 'report')]}). Decision fitted on: {results['decision_source']}. "
-             "Rule chosen by transfer: "
+             f"Rule applied (the record's): **{results['decision'].get('rule')}**. Best rule on this draw: "
              f"**{results['chosen']['rule']}** (mean AUC over {', '.join(cohorts)}: "
              + ", ".join(f"{r} {v:.3f}" for r, v in results["chosen"]["mean_auc"].items()) + ").", ""]  # fmt: skip
     lines += [f"- {name}: {results[name]}" for name, _, _ in COHORTS if isinstance(results.get(name), str)]
@@ -358,7 +360,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [rule_row(f"{name} | {rule}", results[name]["rules"][rule]) for name in cohorts for rule in rules]
     lines += ["", "Involvement: MAE in percentage points against the truth on the network's grid (lesion mask in the "
               "chain's lung mask) and against the generator's drawn fraction (its own lung); category: calibrated "
-              "involvement, the chosen rule.", "",
+              "involvement, the rule applied.", "",
               "| cohort (never trained on) | n | Spearman (calibrated) | MAE measured / calibrated, grid truth "
               "| MAE measured / calibrated, generator | MAE grid truth vs generator | category kappa (quadratic) "
               "| category accuracy |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -457,7 +459,8 @@ def main() -> None:
     results["chosen"] = choose_rule(results, list(tables))
     if has_lesion_output(record["network_name"]):
         for name, (prob, evidence, categories) in tables.items():
-            results[name]["severity"] = severity(decision, results["chosen"]["rule"], prob, evidence, categories)
+            rule = decision.get("rule", results["chosen"]["rule"])
+            results[name]["severity"] = severity(decision, rule, prob, evidence, categories)
             print(name, json.dumps(results[name]["severity"]), flush=True)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)
     load_model_weights(network, model).eval()

@@ -53,13 +53,16 @@ DENSITY_FADE_HU = -300.0
 class RandLungDensity(RandomizableTransform):
     """Change the density of aerated lung as it differs between patients and breath holds, lesions unchanged.
 
-    Real normal lungs differ: median lung density -880 to -760 HU between patients (inspiration level, age, body
-    habitus), and supine patients' dependent (posterior) lung is denser by tens of HU up to about 100 HU
-    (dependent atelectasis, gravity). The phantom's normal lungs are lighter than the real ones (docs/realism.md:
-    CT-0 median -828 HU against -784 for the real normals and -713 for the RICORD negatives) and vary less, and a
-    lesion head that has not seen denser normal lung marks it as disease (on real normals, hundreds of mL of
-    dependent lung). This adds to voxels of aerated lung (``DENSITY_AIR_HU`` to ``DENSITY_FULL_HU``, fading to
-    0 at ``DENSITY_FADE_HU``) a smooth field of three parts, each drawn uniformly:
+    Real normal lungs differ: mean lung attenuation spans about -860 to -700 HU over the phases of respiration in
+    people without lung disease (Robinson & Kreel, J Comput Assist Tomogr 1979; 3: 740-8, -430 to -350 EMI units),
+    and supine patients' posterior third can be up to about 200 HU denser than the anterior third at neutral
+    breathing, less on full inspiration (same study; dependent atelectasis, gravity). Patients with respiratory
+    symptoms often hold a shallow breath. The phantom's normal lungs sit at the full-inspiration end (docs/realism.md:
+    CT-0 median -828 HU) and vary less, and a lesion head that has not seen denser normal lung marks it as disease
+    (on real normals, hundreds of mL of dependent lung). With the bundle's ``max_hu`` 160 the global offset reaches
+    -828 + 120 = about -710 HU, the expiratory end of that range, and the dependent gradient 160 HU. This adds to
+    voxels of aerated lung (``DENSITY_AIR_HU`` to ``DENSITY_FULL_HU``, fading to 0 at ``DENSITY_FADE_HU``) a smooth
+    field of three parts, each drawn uniformly:
 
     - a global offset in ``[-max_hu / 4, 3 * max_hu / 4]`` HU (inspiration level; mostly denser, towards the
       real lungs);
