@@ -76,9 +76,12 @@ The mask is deterministic; a volume without lungs (an abdomen, water, noise) giv
 consolidation that no aerated lung of the slice surrounds or faces from the diaphragm (a lung base dense all
 round, both sides of a slice white, a whole lung white beside the heart, which the mirrored other side does not
 match: lobar white lungs, refused by their rib contact), and dense lung that joins the mediastinum in its slice
-(consolidation along the lung's medial surface, dense vessels and lesions at a hilum: the synthetic chests lose
-up to 0.019 of their true lung to this rule, their coverage is 0.974-0.999); it holds the partial volume of the
-lung's edge and the soft tissue between a consolidated lung and its ribs.
+(consolidation along the lung's medial surface, dense vessels and lesions at a hilum: the synthetic chests of
+the coverage test lose up to 0.019 of their true lung to this rule, their coverage is 0.974-0.999). A consolidated
+lobe lying broadly against the mediastinum is lost with it and not always refused: three lobar CT-2 / CT-3 draws of
+the training cohort at matrix 256 keep 0.43-0.73 of their true lung (0.56-0.83 before this rule) while their
+aerated lung reaches 0.47-0.62 of the rib cage (``test_lobar_consolidation_is_held_or_refused``, a strict xfail).
+It holds the partial volume of the lung's edge and the soft tissue between a consolidated lung and its ribs.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ def test_training_saves_the_decision_with_the_weights(trained_bundle, tiny_cohor
     names; evaluating it, each row's P(pneumonia) is that rule applied to the row's own evidence."""
     record = read_record(trained_bundle / "models" / "model.pt")
     decision = record["decision"]
-    assert decision["rule"] == "combined" and set(decision["rules"]) == set(RULES)  # train.json's default
+    assert decision["rule"] == "lesion" and set(decision["rules"]) == set(RULES)  # train.json's default
     assert decision["fitted_on"]["epoch"] == read_threshold(trained_bundle / "models")["epoch"]
     for fit in decision["rules"].values():
         assert all(math.isfinite(c) for c in [*fit["coef"], fit["intercept"]])

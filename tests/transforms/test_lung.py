@@ -166,6 +166,30 @@ def test_white_lungs_the_mask_cannot_hold_are_refused(scanner, seed):
     assert LungMask(min_cavity_share=None, min_rib_contact=None)(as_meta(image, affine, "w")).sum() > 0
 
 
+#: Lobar consolidation of CT-2 / CT-3 against the mediastinum: three draws of the training cohort (``make train``'s
+#: seed 0: studies 0221, 0253 and 0313), generated at its matrix.
+LOBAR_DRAWS = (("CT-2", 146489205632331343), ("CT-3", 8915716481816759701), ("CT-3", 7334964684354535732))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="known gap (issue 21): a consolidated lobe joined broadly to the mediastinum is taken for it; at matrix "
+    "256 the mask keeps 0.43-0.73 of the true lung (0.56-0.83 before the mediastinum rule) and 0.13-0.28 of the "
+    "lesion, and the aerated lung still reaches 0.47-0.62 of the rib cage, so the study is not refused",
+)
+@pytest.mark.parametrize("category,seed", LOBAR_DRAWS)
+def test_lobar_consolidation_is_held_or_refused(category, seed):
+    study = generate_study(category, seed, matrix=256)
+    flip = tuple(slice(None, None, -1) if study.affine[i, i] < 0 else slice(None) for i in range(3))
+    image, lung = np.ascontiguousarray(study.image[flip]), np.ascontiguousarray(study.lung[flip])
+    try:
+        mask = LungMask()(as_meta(image, study.affine, "lobar.nii.gz"))[0].numpy() > 0
+    except InputError:
+        return  # refused: the chain predicts nothing on it
+    assert coverage(mask, lung)[0] >= 0.97
+
+
 @pytest.mark.parametrize("scanner", list(SCANNERS))
 def test_gas_under_the_diaphragm_is_not_lung(scanner):
     for category, seed in (("CT-0", 0), ("CT-3", 1)):
