@@ -58,9 +58,9 @@ class RandLungDensity(RandomizableTransform):
     and supine patients' posterior third can be up to about 200 HU denser than the anterior third at neutral
     breathing, less on full inspiration (same study; dependent atelectasis, gravity). Patients with respiratory
     symptoms often hold a shallow breath. The phantom's normal lungs sit at the full-inspiration end (docs/realism.md:
-    CT-0 median -828 HU) and vary less, and a lesion head that has not seen denser normal lung marks it as disease
+    CT-0 median -838 HU) and vary less, and a lesion head that has not seen denser normal lung marks it as disease
     (on real normals, hundreds of mL of dependent lung). With the bundle's ``max_hu`` 160 the global offset reaches
-    -828 + 120 = about -710 HU, the expiratory end of that range, and the dependent gradient 160 HU. This adds to
+    -838 + 120 = about -720 HU, the expiratory end of that range, and the dependent gradient 160 HU. This adds to
     voxels of aerated lung (``DENSITY_AIR_HU`` to ``DENSITY_FULL_HU``, fading to 0 at ``DENSITY_FADE_HU``) a smooth
     field of three parts, each drawn uniformly:
 
