@@ -1,9 +1,10 @@
 """Random rotation of a 128x128x64 volume: the bundle's ``RandRotated`` against the tutorial's ``ndimage.rotate``.
 
-``bundle``: the ``RandRotated`` of ``train#random_transforms`` in ``train.json`` (parsed by
-``ConfigParser``, probability set to 1 so that every call rotates; in-plane, ``range_z``, like the
-tutorial's); ``tutorial``: ``ndimage.rotate(volume, angle, reshape=False)`` with an angle drawn from the
-tutorial's ``[-20, -10, -5, 5, 10, 20]`` degrees and the clip to [0, 1]. Example::
+``bundle``: the ``RandRotated`` that ``train#random_transforms`` in ``train.json`` builds for
+``--augmentation tutorial`` (parsed by ``ConfigParser``, probability set to 1 so that every call rotates; in-plane,
+``range_z``, like the tutorial's; the default ``hospital`` recipe rotates in 3D with ``RandAffined``);
+``tutorial``: ``ndimage.rotate(volume, angle, reshape=False)`` with an angle drawn from the tutorial's
+``[-20, -10, -5, 5, 10, 20]`` degrees and the clip to [0, 1]. Example::
 
     python -m benchmarks.bench_augmentation --repeats 20
 """
@@ -32,13 +33,11 @@ def tutorial_rotate(volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def bundle_rotation() -> RandRotated:
-    """The configured ``RandRotated`` with probability 1."""
+    """The ``RandRotated`` that ``train#random_transforms`` builds for ``--augmentation tutorial``, probability 1."""
     parser = bundle_config()
-    entries = parser["train#random_transforms"]
-    index = next(i for i, e in enumerate(entries) if e["_target_"].endswith("RandRotated"))
-    entry = dict(entries[index], prob=1.0)
-    parser[f"train#random_transforms#{index}"] = entry
-    rotation = parser.get_parsed_content(f"train#random_transforms#{index}")
+    parser["train#random_transforms#recipe"] = "tutorial"
+    rotation = next(t for t in parser.get_parsed_content("train#random_transforms") if isinstance(t, RandRotated))
+    rotation.prob = 1.0
     rotation.set_random_state(0)
     return rotation
 

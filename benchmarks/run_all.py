@@ -2,7 +2,7 @@
 
 ::
 
-    python -m benchmarks.run_all --quick   # about 5 minutes on a shared 2-core CPU
+    python -m benchmarks.run_all --quick   # about a minute on a quiet 2-core CPU (65 s), more when shared
     python -m benchmarks.run_all           # more studies and repeats, torch.compile, the 30-per-category
                                            # end-to-end run at 128x128x64: an hour or more on 2 cores
 
@@ -161,7 +161,7 @@ def summary(results: dict[str, dict[str, Any]], quick: bool) -> str:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Parse ``argv``, run the chosen benchmarks in turn, write the JSON files and ``summary.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (about 5 minutes)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute on 2 quiet cores)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
