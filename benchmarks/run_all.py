@@ -161,7 +161,7 @@ def summary(results: dict[str, dict[str, Any]], quick: bool) -> str:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Parse ``argv``, run the chosen benchmarks in turn, write the JSON files and ``summary.md``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute on 2 quiet cores)")
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (about a minute)")
     parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
