@@ -346,8 +346,9 @@ def markdown(results: dict[str, Any]) -> str:
     """The tables of ``results``: each rule on each synthetic cohort, the severity, then every real scan."""
     cohorts = [name for name, _, _ in COHORTS if isinstance(results.get(name), dict)]
     rules = list(results["decision"]["rules"])
-    lines = [f"Cohorts: the {results.get('draw', 'report')} draw (seeds {', '.join(str(s) for _, _, s in COHORTS)} "
-             f"+ {DRAWS[results.get('draw', 'report')]}). Decision fitted on: {results['decision_source']}. "
+    draw = results.get("draw", "report")
+    lines = [f"Cohorts: the {draw} draw (seeds {', '.join(str(s) for _, _, s in COHORTS)} + {DRAWS[draw]}). "
+             f"Decision fitted on: {results['decision_source']}. "
              f"Rule applied (the record's): **{results['decision'].get('rule')}**. Best rule on this draw: "
              f"**{results['chosen']['rule']}** (mean AUC over {', '.join(cohorts)}: "
              + ", ".join(f"{r} {v:.3f}" for r, v in results["chosen"]["mean_auc"].items()) + ").", ""]  # fmt: skip
@@ -458,8 +459,8 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
     results["chosen"] = choose_rule(results, list(tables))
     if has_lesion_output(record["network_name"]):
+        rule = decision.get("rule", results["chosen"]["rule"])
         for name, (prob, evidence, categories) in tables.items():
-            rule = decision.get("rule", results["chosen"]["rule"])
             results[name]["severity"] = severity(decision, rule, prob, evidence, categories)
             print(name, json.dumps(results[name]["severity"]), flush=True)
     network = build_network(record["network_name"], in_channels=in_channels(prep["outside_lung"]), num_classes=2)

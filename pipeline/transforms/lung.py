@@ -231,6 +231,12 @@ def _disk(radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     return disk
 
 
+def _padded_box(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
+    """The in-plane bounding box of the (non-empty) ``(X, Y, Z)`` ``mask``, widened by ``pad`` voxels per axis."""
+    where = np.nonzero(mask.any(axis=2))
+    return tuple(slice(max(int(w.min()) - p, 0), int(w.max()) + p + 1) for w, p in zip(where, pad, strict=True))
+
+
 def _body(hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The body: the largest region above ``TISSUE_MIN_HU`` once opened in-plane by ``BODY_OPEN_MM`` (which parts
     it from the couch, sheets and cables), holes filled per slice (the edge of the field of view counts as body
@@ -423,12 +429,10 @@ def _mediastinum(g: _Grid, lungs: np.ndarray, cage: np.ndarray) -> np.ndarray:
     ``(X, Y, Z)``."""
     out = np.zeros(g.hu.shape, bool)
     dense = g.body & (g.hu >= LUNG_MAX_HU) & ~lungs & (g.radius < cage.ravel()[g.ray] - MEDIASTINUM_WALL_MM)
-    where = np.nonzero(dense.any(axis=2))
-    if not where[0].size:
+    if not dense.any():
         return out
     disk = _disk(MEDIASTINUM_CORE_MM, g.spacing)
-    pad = disk.shape[:2]
-    box = tuple(slice(max(int(w.min()) - p, 0), int(w.max()) + p + 1) for w, p in zip(where, pad, strict=True))
+    box = _padded_box(dense, disk.shape[:2])
     sub = dense[box]
     core = ndimage.binary_opening(sub, disk)
     labels, n = ndimage.label(core, _IN_PLANE)
@@ -457,9 +461,7 @@ def _envelope(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int, mediastinu
     rays = g.ray
     env = seed | ((g.radius > outer.ravel()[rays]) & (g.radius < reach.ravel()[rays]) & off_mid & g.body)
     # closing and holes on the bounding box, widened by the closing radius
-    where = np.nonzero(env.any(axis=2))
-    pad = [int(np.ceil(CLOSE_MM / s)) + 1 for s in g.spacing[:2]]
-    box = tuple(slice(max(int(w.min()) - p, 0), int(w.max()) + p + 1) for w, p in zip(where, pad, strict=True))
+    box = _padded_box(env, [int(np.ceil(CLOSE_MM / s)) + 1 for s in g.spacing[:2]])
     sub = env[box]
     grown = sub | (_closing(sub, g.spacing) & off_mid[box])
     grown &= g.body[box] & ((g.radius[box] < cage.ravel()[rays[box]] + CAGE_MARGIN_MM) | seed[box])
