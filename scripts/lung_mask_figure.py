@@ -1,8 +1,9 @@
 """Draw docs/images/lung_mask_real.png: the lung mask outline on real chest CTs read from ../shared/realct.
 
 Rows: the two Lung-PET-CT-Dx DICOM series (three axial slices and one coronal section each); the TotalSegmentator
-contrast chest crop (axial and coronal), a COVID-19 positive and a negative RICORD slab (middle slice). Lung window
-(-1350..150 HU), radiological convention (the patient's right on the left of each image), outline of
+contrast chest crop (axial and coronal), a COVID-19 positive RICORD slab (consolidation in both dorsal lungs,
+held by the dependent rule) and a negative one (middle slice). Lung window (-1350..150 HU), radiological
+convention (the patient's right on the left of each image), outline of
 :func:`pipeline.transforms.lung.lung_mask` on the scan's own grid (as the chain computes it) in orange, the mask's
 voxels above -300 HU (soft tissue: vessels and airway walls, dense disease, or what is not lung) tinted red; each
 title gives the lung volume and that soft-tissue share of the whole mask. The images are read from
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 WINDOW = (-1350.0, 150.0)
 SERIES = ("dicom/Lung_Dx-A0001_chest_5mm", "dicom/Lung_Dx-A0002_thorax_8mm_B40f")
 CROP = "nifti/chest_cta_crop.nii.gz"
-SLABS = ("ricord_slabs/covid_positive/patient_2", "ricord_slabs/covid_negative/patient_4")
+SLABS = ("ricord_slabs/covid_positive/patient_1", "ricord_slabs/covid_negative/patient_4")
 #: Soft tissue: CT numbers above this inside the mask are tinted.
 SOFT_HU = -300.0
 CREDIT = (

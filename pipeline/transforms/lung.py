@@ -38,9 +38,17 @@ On the working grid:
    fat between them. The closing took their bays otherwise (hila, the aorta beside the spine, the heart's border).
    Dense lung that aerated lung surrounds in its slice, or that meets the mediastinum only through a strand thinner
    than the opening (a vessel, a fissure), stays; dense lung joined broadly to the mediastinum in its slice is taken
-   for it (see the limits below). From the bottom slice up, a closed or filled component lying more than
-   ``DOME_SHARE`` over what is not in the mask in the slice below is dropped: the dome of the diaphragm, ringed by
-   the lung's base, with the liver, spleen or stomach under it.
+   for it (see the limits below), except **dense lung lying lowest**: from the aerated lungs' lowest slice to the
+   higher of their largest slices, on the rays of the chest's posterior half where the aerated lung stays more
+   than ``RIB_CONTACT_MM`` off the ribs while the mediastinum reaches its wall band, the mediastinum's voxels
+   ``MIDLINE_BONE_MM`` or more off the midline with aerated lung in front of them in their column and none behind
+   are lung: consolidation in the dependent lung (lower lobes, and the posterior lung of a patient lying supine)
+   that fills the lung from its aerated part down to the posterior ribs. The mediastinum (aorta, oesophagus,
+   azygos) lies in front of the spine, never between the aerated lung and the posterior ribs; the liver and
+   spleen under the domes have the bases' posterior recesses behind them, not in front. This part is filled to
+   the ribs and closed with the lung, and like the closing it is dropped over the dome. From the bottom slice up,
+   a closed or filled component lying more than ``DOME_SHARE`` over what is not in the mask in the slice below is
+   dropped: the dome of the diaphragm, ringed by the lung's base, with the liver, spleen or stomach under it.
 4. **White-out**: in a slice where one side's envelope holds less than ``MIRROR_RATIO`` of the other's, and the
    other is at least ``MIRROR_FULL`` of its own largest slice, the other side mirrored about the body's
    midline is added, less the mediastinum (a hemithorax dense from the chest wall to the mediastinum).
@@ -78,9 +86,19 @@ round, both sides of a slice white, a whole lung white beside the heart, which t
 match: lobar white lungs, refused by their rib contact), and dense lung that joins the mediastinum in its slice
 (consolidation along the lung's medial surface, dense vessels and lesions at a hilum: the synthetic chests of
 the coverage test lose up to 0.019 of their true lung to this rule, their coverage is 0.974-0.999). A consolidated
-lobe lying broadly against the mediastinum is lost with it and not always refused: three lobar CT-2 / CT-3 draws of
-the training cohort at matrix 256 keep 0.43-0.73 of their true lung (0.56-0.83 before this rule) while their
-aerated lung reaches 0.47-0.62 of the rib cage (``test_lobar_consolidation_is_held_or_refused``, a strict xfail).
+lobe lying broadly against the mediastinum is lost with it and not always refused. The dependent rule gives back
+what of it lies lowest: on lobar CT-2 / CT-3 draws of the three profiles (seeds 0-2, matrix 128) it finds 1.04-1.06
+times the true lung found without it, 0.81-0.92 of what it adds is true lung, and on a real COVID-19 slab with
+consolidation in both dorsal lungs it holds 47 mL more, 94 % of it above -100 HU, while the real chests without
+dense disease move by under 1 mL and the synthetic chests of the coverage test by at most 0.9 % of their mask.
+What lies in front of the aerated lung, beside the heart, or higher than the largest slice stays lost: three
+lobar CT-2 / CT-3 draws of the training cohort at matrix 256 keep 0.55-0.79 of their true lung (0.43-0.73
+without the dependent rule, 0.56-0.83 before the mediastinum rule) while their aerated lung reaches 0.47-0.62 of
+the rib cage, so they are not refused (``test_lobar_consolidation_is_held_or_refused``, a strict xfail). Tried
+and not kept: without the wall band condition (aerated lung in front and none behind alone) the lobar draws gained
+about twice as much, but on the real slab the mask took a strip of mediastinum from the spine to the anterior
+junction (the anterior lungs lie in front of it); above the largest slice as well, it took the soft tissue behind
+the synthetic apices (the mosmed chests' share outside the lung rose from 0.074 to 0.092).
 It holds the partial volume of the lung's edge and the soft tissue between a consolidated lung and its ribs.
 """
 
@@ -443,9 +461,33 @@ def _mediastinum(g: _Grid, lungs: np.ndarray, cage: np.ndarray) -> np.ndarray:
     return out
 
 
-def _envelope(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int, mediastinum: np.ndarray) -> np.ndarray:
-    """One lung's envelope (see the module docstring, step 3); ``top``: the slice above which the apex rules hold;
-    ``mediastinum``: what it may not take (:func:`_mediastinum`)."""
+def _dependent_lung(g: _Grid, lungs: np.ndarray, cage: np.ndarray, mediastinum: np.ndarray, top: int) -> np.ndarray:
+    """The part of the ``mediastinum`` (:func:`_mediastinum`) that is dense lung lying lowest (module docstring,
+    step 3): from the aerated ``lungs``' lowest slice to ``top``, on the rays of the chest's posterior half whose
+    aerated lung stays more than ``RIB_CONTACT_MM`` off the rib ``cage`` while the mediastinum reaches its wall band
+    (within ``MEDIASTINUM_WALL_MM`` and a voxel), its voxels ``MIDLINE_BONE_MM`` or more off the midline with aerated
+    lung in front of them in their column (axis 1 runs anterior) and none behind. Bool ``(X, Y, Z)``."""
+    outer = g.per_ray(lungs, g.radius, np.maximum, -1.0)
+    reach = g.per_ray(mediastinum, g.radius, np.maximum, -1.0)
+    posterior = np.sin((np.arange(RAYS) + 0.5) * (2 * np.pi / RAYS) - np.pi) < 0
+    wall = (
+        np.isfinite(cage)
+        & posterior[None]
+        & (outer < cage - RIB_CONTACT_MM)
+        & (reach >= cage - MEDIASTINUM_WALL_MM - float(g.spacing[:2].max()))
+    )
+    wall[: int(np.flatnonzero(lungs.any(axis=(0, 1)))[0])] = False
+    wall[top + 1 :] = False
+    out = mediastinum & wall.ravel()[g.ray] & (g.off_mid >= MIDLINE_BONE_MM)
+    if not out.any():
+        return out
+    ahead = np.flip(np.logical_or.accumulate(np.flip(lungs, axis=1), axis=1), axis=1)
+    return out & ahead & ~np.logical_or.accumulate(lungs, axis=1)
+
+
+def _filled(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int) -> np.ndarray:
+    """``seed`` with the space from its outermost voxel to the rib ``cage`` on the rays it fills (module docstring,
+    step 3); ``top``: the slice above which the apex rules hold."""
     outer = g.per_ray(seed, g.radius, np.maximum, -1.0)
     reach = np.where((outer >= FILL_MIN_SHARE * cage) & (cage - outer < FILL_MAX_MM), cage, -1.0)
     # above the lungs' largest slice (towards the apex) only narrow gaps are filled: wide ones are the soft
@@ -457,15 +499,26 @@ def _envelope(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int, mediastinu
     apex = (count > 0) & (ranked[np.arange(len(count)), np.maximum(count - 1, 0) // 2] > APEX_GAP_MM)
     upper[apex] = -1.0
     upper[gap > UPPER_GAP_MM] = -1.0
-    off_mid = g.off_mid >= MIDLINE_FILL_MM
     rays = g.ray
-    env = seed | ((g.radius > outer.ravel()[rays]) & (g.radius < reach.ravel()[rays]) & off_mid & g.body)
+    fill = (g.radius > outer.ravel()[rays]) & (g.radius < reach.ravel()[rays]) & (g.off_mid >= MIDLINE_FILL_MM)
+    return seed | (fill & g.body)
+
+
+def _envelope(
+    g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int, mediastinum: np.ndarray, dependent: np.ndarray
+) -> np.ndarray:
+    """One lung's envelope (see the module docstring, step 3); ``top``: the slice above which the apex rules hold;
+    ``mediastinum``: what it may not take (:func:`_mediastinum`); ``dependent``: its dense lung against the posterior
+    ribs (:func:`_dependent_lung`), added with its fill and, like the closing, off the dome."""
+    base = _filled(g, seed, cage, top)
+    env = base | _filled(g, seed | dependent, cage, top) if dependent.any() else base.copy()
+    off_mid = g.off_mid >= MIDLINE_FILL_MM
     # closing and holes on the bounding box, widened by the closing radius
     box = _padded_box(env, [int(np.ceil(CLOSE_MM / s)) + 1 for s in g.spacing[:2]])
     sub = env[box]
     grown = sub | (_closing(sub, g.spacing) & off_mid[box])
-    grown &= g.body[box] & ((g.radius[box] < cage.ravel()[rays[box]] + CAGE_MARGIN_MM) | seed[box])
-    env[box] = _off_the_dome(_fill_slices(grown), sub)
+    grown &= g.body[box] & ((g.radius[box] < cage.ravel()[g.ray[box]] + CAGE_MARGIN_MM) | seed[box])
+    env[box] = _off_the_dome(_fill_slices(grown), base[box])
     return env & ~mediastinum
 
 
@@ -575,12 +628,15 @@ class LungSegmentation:
     rib_contact: float
 
 
-def segment_lungs(volume: np.ndarray, spacing: Sequence[float]) -> LungSegmentation:
+def segment_lungs(volume: np.ndarray, spacing: Sequence[float], hold_dependent: bool = True) -> LungSegmentation:
     """Both lungs of an ``(X, Y, Z)`` HU volume oriented RAS, and the thoracic cavity they lie in.
 
     Args:
         volume: HU values (any real dtype), axis 2 from feet to head.
         spacing: voxel size in mm per axis.
+        hold_dependent: hold the dense lung lying lowest against the posterior ribs that the mediastinum rule takes
+            (module docstring, step 3); False leaves it to the mediastinum, as before issue 21's dependent rule
+            (for measuring what the rule adds).
 
     Returns:
         the :class:`LungSegmentation`; an all-False mask where no lung is found.
@@ -608,8 +664,13 @@ def segment_lungs(volume: np.ndarray, spacing: Sequence[float]) -> LungSegmentat
     # the apex rules hold above the higher of the two lungs' largest slices: a lung's own largest slice lies low
     # when its upper lobe is dense, and its consolidation against the ribs would be taken for the shoulder's
     top = max(int(np.argmax((sides == s).sum(axis=(0, 1)))) for s in (1, 2))
+    dependent = _dependent_lung(g, sides > 0, cage, mediastinum, top) if hold_dependent else np.zeros_like(sides, bool)
+    mediastinum &= ~dependent
+    on_low = np.arange(hu.shape[0])[:, None, None] < g.mid_x
     env = [
-        _envelope(g, sides == s, cage, top, mediastinum) if (sides == s).any() else np.zeros(hu.shape, bool)
+        _envelope(g, sides == s, cage, top, mediastinum, dependent & (on_low == (s == 1)))
+        if (sides == s).any()
+        else np.zeros(hu.shape, bool)
         for s in (1, 2)
     ]
     env = _mirror(g, env, mediastinum)
