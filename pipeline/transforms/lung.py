@@ -290,6 +290,7 @@ class _Grid:
             midline is the line ``x = mid_x``.
         radius: in-plane distance from the centre (mm); ``ray``: ray index ``angle bin + RAYS * slice``;
         off_mid: distance from the midline (mm). All three ``(X, Y, Z)``, read-only broadcasts of one slice.
+        low_side: ``(X, 1, 1)`` bool, the voxels on the low-x side of the midline.
     """
 
     def __init__(self, hu: np.ndarray, spacing: np.ndarray) -> None:
@@ -311,6 +312,7 @@ class _Grid:
         self.radius = np.broadcast_to(np.hypot(dx, dy)[..., None], hu.shape)
         self.ray = angle[..., None] + RAYS * np.arange(nz, dtype=np.int32)
         self.off_mid = np.broadcast_to(np.abs(dx)[..., None], hu.shape)
+        self.low_side = (gx < np.float32(self.mid_x))[:, None, None]
 
     def per_ray(self, mask: np.ndarray, values: np.ndarray, reduce: np.ufunc, empty: float) -> np.ndarray:
         """``reduce`` (``np.maximum`` or ``np.minimum``) of ``values`` over the voxels of ``mask`` on each ray:
@@ -333,7 +335,7 @@ def _component_extremes(labels: np.ndarray, n: int, values: np.ndarray) -> tuple
 def _seeds(g: _Grid) -> np.ndarray:
     """The aerated lungs: int8 ``(X, Y, Z)``, 1 for the lung on the low-x side of the midline, 2 for the other."""
     hu, sp = g.hu, g.spacing
-    nx, _, nz = hu.shape
+    nz = hu.shape[2]
     sides = np.zeros(hu.shape, np.int8)
     low = g.body & (hu < LUNG_MAX_HU)
     # per slice: drop regions that are mostly pure air, and small ones near the midline
@@ -363,12 +365,11 @@ def _seeds(g: _Grid) -> np.ndarray:
     ok &= (size >= 0.2 * size[largest]) | (top >= (bottom[largest] + top[largest]) / 2)
     lungs = np.concatenate([[False], ok])[labels]
     # sides: a lung on one side goes there whole; lungs joined across the midline are cut along it
-    on_low = np.arange(nx, dtype=np.float32)[:, None, None] < g.mid_x
-    low_share = np.bincount(labels[lungs & on_low], minlength=n + 1)[1:] / np.maximum(size, 1)
+    low_share = np.bincount(labels[lungs & g.low_side], minlength=n + 1)[1:] / np.maximum(size, 1)
     whole = np.where(low_share > 0.85, 1, np.where(low_share < 0.15, 2, 0)).astype(np.int8)
     sides[lungs] = np.concatenate([[0], whole])[labels[lungs]]
     split = lungs & (sides == 0)
-    sides[split] = np.where(np.broadcast_to(on_low, hu.shape)[split], 1, 2)
+    sides[split] = np.where(np.broadcast_to(g.low_side, hu.shape)[split], 1, 2)
     return sides
 
 
@@ -466,7 +467,8 @@ def _dependent_lung(g: _Grid, lungs: np.ndarray, cage: np.ndarray, mediastinum: 
     step 3): from the aerated ``lungs``' lowest slice to ``top``, on the rays of the chest's posterior half whose
     aerated lung stays more than ``RIB_CONTACT_MM`` off the rib ``cage`` while the mediastinum reaches its wall band
     (within ``MEDIASTINUM_WALL_MM`` and a voxel), its voxels ``MIDLINE_BONE_MM`` or more off the midline with aerated
-    lung in front of them in their column (axis 1 runs anterior) and none behind. Bool ``(X, Y, Z)``."""
+    lung in front of them in their column (axis 1 runs anterior) and none behind: they lie behind all of their
+    column's aerated lung. Bool ``(X, Y, Z)``."""
     outer = g.per_ray(lungs, g.radius, np.maximum, -1.0)
     reach = g.per_ray(mediastinum, g.radius, np.maximum, -1.0)
     posterior = np.sin((np.arange(RAYS) + 0.5) * (2 * np.pi / RAYS) - np.pi) < 0
@@ -478,11 +480,13 @@ def _dependent_lung(g: _Grid, lungs: np.ndarray, cage: np.ndarray, mediastinum: 
     )
     wall[: int(np.flatnonzero(lungs.any(axis=(0, 1)))[0])] = False
     wall[top + 1 :] = False
-    out = mediastinum & wall.ravel()[g.ray] & (g.off_mid >= MIDLINE_BONE_MM)
-    if not out.any():
-        return out
-    ahead = np.flip(np.logical_or.accumulate(np.flip(lungs, axis=1), axis=1), axis=1)
-    return out & ahead & ~np.logical_or.accumulate(lungs, axis=1)
+    # on the mediastinum's voxels only: the chain runs this on every study
+    x, y, z = np.nonzero(mediastinum)
+    first = np.where(lungs.any(axis=1), lungs.argmax(axis=1), -1)  # (X, Z): the column's hindmost aerated voxel
+    keep = wall.ravel()[g.ray[x, y, z]] & (g.off_mid[x, y, z] >= MIDLINE_BONE_MM) & (y < first[x, z])
+    out = np.zeros_like(mediastinum)
+    out[x[keep], y[keep], z[keep]] = True
+    return out
 
 
 def _filled(g: _Grid, seed: np.ndarray, cage: np.ndarray, top: int) -> np.ndarray:
@@ -511,7 +515,7 @@ def _envelope(
     ``mediastinum``: what it may not take (:func:`_mediastinum`); ``dependent``: its dense lung against the posterior
     ribs (:func:`_dependent_lung`), added with its fill and, like the closing, off the dome."""
     base = _filled(g, seed, cage, top)
-    env = base | _filled(g, seed | dependent, cage, top) if dependent.any() else base.copy()
+    env = (base | _filled(g, seed | dependent, cage, top)) if dependent.any() else base.copy()
     off_mid = g.off_mid >= MIDLINE_FILL_MM
     # closing and holes on the bounding box, widened by the closing radius
     box = _padded_box(env, [int(np.ceil(CLOSE_MM / s)) + 1 for s in g.spacing[:2]])
@@ -666,9 +670,8 @@ def segment_lungs(volume: np.ndarray, spacing: Sequence[float], hold_dependent: 
     top = max(int(np.argmax((sides == s).sum(axis=(0, 1)))) for s in (1, 2))
     dependent = _dependent_lung(g, sides > 0, cage, mediastinum, top) if hold_dependent else np.zeros_like(sides, bool)
     mediastinum &= ~dependent
-    on_low = np.arange(hu.shape[0])[:, None, None] < g.mid_x
     env = [
-        _envelope(g, sides == s, cage, top, mediastinum, dependent & (on_low == (s == 1)))
+        _envelope(g, sides == s, cage, top, mediastinum, dependent & (g.low_side == (s == 1)))
         if (sides == s).any()
         else np.zeros(hu.shape, bool)
         for s in (1, 2)
