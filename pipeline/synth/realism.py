@@ -4,9 +4,8 @@ Measures the same figures, with the same lung mask (:func:`pipeline.transforms.l
 studies of a synthetic cohort (grouped by category, ``CT-0`` ... ``CT-4``) and on real chest CTs found
 under ``REAL_DIR`` (NIfTI files and DICOM series folders; grouped by path: ``.../covid_positive/...``
 is "RICORD positive", ``.../covid_negative/...`` "RICORD negative", everything else "real normal").
-A real scan that is not a chest CT (aerated lung volume below the project's chest-CT threshold,
-:data:`pipeline.transforms.plausibility.MIN_AERATED_ML`: an abdomen) goes to its own group,
-"real non-chest", and is logged, so that it does not pollute "real normal".
+A real scan that the chain's chest check refuses (:func:`pipeline.transforms.plausibility.chest_ct_problem`: an
+abdomen) goes to its own group, "real non-chest", and is logged, so that it does not pollute "real normal".
 
 Figures of one scan (volume loaded with MONAI ``LoadImage`` and ``Orientation("RAS")``):
 
@@ -852,7 +851,7 @@ def compare(
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Measure every scan; a real scan that is not a chest CT moves to "real non-chest" (logged)."""
-    from pipeline.transforms.plausibility import MIN_AERATED_ML, aerated_lung_ml
+    from pipeline.transforms.plausibility import chest_ct_problem
 
     records = []
     for scan in scans:
@@ -860,15 +859,9 @@ def compare(
         volume, spacing = load_ras(scan.path)
         rec = measure(volume, spacing)
         group = scan.group
-        aerated_ml = None if scan.synthetic else aerated_lung_ml(volume, np.diag([*spacing, 1.0]))
-        if aerated_ml is not None and aerated_ml < MIN_AERATED_ML:
-            logger.warning(
-                "%s: %.0f mL of aerated lung < %.0f mL: not a chest CT, reported as %r",
-                scan.path,
-                aerated_ml,
-                MIN_AERATED_ML,
-                REAL_NONCHEST,
-            )
+        problem = None if scan.synthetic else chest_ct_problem(volume, np.diag([*spacing, 1.0]))
+        if problem is not None:
+            logger.warning("%s: %s; reported as %r", scan.path, problem, REAL_NONCHEST)
             group = REAL_NONCHEST
         rec = {"group": group, "name": scan.name, "path": scan.path, "synthetic": scan.synthetic, **rec}
         rec["seconds"] = round(time.perf_counter() - t0, 2)

@@ -79,7 +79,7 @@ from pipeline.synth.realism import (
     load_ras,
     png_bytes,
 )
-from pipeline.transforms.plausibility import MIN_AERATED_ML, aerated_lung_ml
+from pipeline.transforms.plausibility import chest_ct_problem
 from pipeline.utils.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -476,7 +476,7 @@ def lesion_section(
         if scan.group not in (RICORD_POS, REAL_NORMAL, RICORD_NEG):
             continue
         volume, spacing = load_ras(scan.path)
-        if scan.group == REAL_NORMAL and aerated_lung_ml(volume, np.diag([*spacing, 1.0])) < MIN_AERATED_ML:
+        if scan.group == REAL_NORMAL and chest_ct_problem(volume, np.diag([*spacing, 1.0])) is not None:
             continue  # not a chest CT (the normal-lung section's "real non-chest")
         group = scan.group if scan.group == RICORD_POS else f"{scan.group} (control)"
         rec, view = _outlined(group, scan.name, volume, spacing)

@@ -16,7 +16,9 @@ from pipeline.synth.phantom import generate_study
 from pipeline.transforms import hounsfield
 from pipeline.transforms.lung import LungMaskd, LungSegmentation, lung_mask
 from pipeline.transforms.plausibility import (
+    MIN_AERATED_CAVITY_SHARE,
     MIN_AERATED_ML,
+    MIN_SHORT_AERATED_ML,
     CheckChestCT,
     CheckChestCTd,
     aerated_fraction,
@@ -64,6 +66,41 @@ def test_abdomen_refused_naming_the_file(real_abdomen):
     assert err.value.path == str(real_abdomen)
 
 
+#: A 30 mm slab of real COVID-19 lungs with consolidation: 178 mL of aerated lung, under a whole chest's minimum.
+SHORT_DISEASED_CHEST = "ricord_slabs/covid_positive/patient_2"
+
+
+def test_short_scan_of_real_diseased_lungs_is_a_chest(shared_realct):
+    """A slab with little aerated lung is still a chest: its aerated lung fills a chest's share of the rib cage."""
+    path = shared_realct / SHORT_DISEASED_CHEST
+    if not path.is_dir():
+        pytest.skip(f"{path} not found: third-party real CT is not in the repo")
+    image = load(path)["image"]
+    found = CheckChestCT().segment(image)
+    aerated = aerated_lung_ml(image[0].numpy(), image.affine)
+    assert MIN_SHORT_AERATED_ML < aerated < MIN_AERATED_ML  # refused by a whole chest's minimum
+    assert aerated / found.cavity_ml > MIN_AERATED_CAVITY_SHARE
+    with pytest.raises(InputError, match=r"only 178 mL of aerated lung \(.*\), 17 % of the \d+ mL thoracic cavity"):
+        CheckChestCT(min_cavity_share=1.0)(image)  # without the short-scan rule
+
+
+@pytest.mark.parametrize("block", [1, 3])  # 3 mm as stored, and block-averaged to 9 mm slices
+def test_real_abdomen_refused_by_the_share_of_its_rib_cage(shared_realct, block):
+    """The abdomen's lung bases fill 2-3 % of the cavity its lower ribs enclose: no short chest, whatever the
+    slice thickness, even where partial volume lifts its aerated lung over the short scan's minimum."""
+    path = shared_realct / "nifti/abdomen_ct.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found: third-party real CT is not in the repo")
+    image = load(path)["image"][0].numpy()
+    image = image[..., : image.shape[-1] // block * block].reshape(*image.shape[:2], -1, block).mean(-1)
+    affine = load(path)["image"].affine.numpy() @ np.diag([1.0, 1.0, block, 1.0])
+    found = CheckChestCT(min_aerated_ml=0.0).segment(image, affine=affine)
+    aerated = aerated_lung_ml(image, affine)
+    assert aerated / found.cavity_ml < MIN_AERATED_CAVITY_SHARE / 3
+    with pytest.raises(InputError, match="not a chest CT"):
+        CheckChestCT()(image, filename=str(path), affine=affine)
+
+
 @pytest.mark.parametrize("category,seed", [("CT-0", 0), ("CT-0", 1), ("CT-2", 2), ("CT-3", 3)])
 def test_synthetic_chest_accepted(category, seed):
     study = generate_study(category, seed, matrix=64)
@@ -109,6 +146,12 @@ def test_chest_with_90_percent_of_its_lung_consolidated_is_accepted(seed):
     assert aerated_fraction(volume) < 0.04  # at or under the former rule's 3 % of the body
     CheckChestCT()(MetaTensor(torch.from_numpy(volume[None]), affine=study.affine))
     assert MIN_AERATED_ML < aerated_lung_ml(volume, study.affine)
+    whole = CheckChestCT().segment(volume, affine=study.affine)
+    assert aerated_lung_ml(volume, study.affine) / whole.cavity_ml < MIN_AERATED_CAVITY_SHARE * 0.6  # not short
+    white = lung & (anterior < np.percentile(anterior[lung], 97))
+    volume[white] = 40.0  # lungs almost without air: no short scan either, and the reason says so
+    with pytest.raises(InputError, match=r"not a chest CT, or lungs almost without air: only \d+ mL"):
+        CheckChestCT()(volume, affine=study.affine)
 
 
 @pytest.mark.parametrize("stored,intercept", [(-2048, 0), (-3024, 0), (-32768, -1024)])
