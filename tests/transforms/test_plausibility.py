@@ -23,6 +23,7 @@ from pipeline.transforms.plausibility import (
     CheckChestCTd,
     aerated_fraction,
     aerated_lung_ml,
+    chest_ct_problem,
     voxel_spacing,
 )
 from pipeline.utils.errors import InputError
@@ -122,6 +123,15 @@ def test_chest_accepted_in_every_layout_and_when_cropped_through_the_lungs():
 def test_body_without_lungs_refused_despite_mattress():
     with pytest.raises(InputError, match=r"only 0 mL of aerated lung"):
         CheckChestCT()(chest_phantom(lungs=False), filename="belly.nii.gz", affine=DRAWN)
+
+
+def test_chest_ct_problem_is_the_checks_reason_or_none():
+    study = generate_study("CT-0", 6, matrix=64)
+    assert chest_ct_problem(study.image.astype(np.float32), study.affine) is None
+    problem = chest_ct_problem(chest_phantom(lungs=False), DRAWN)
+    with pytest.raises(InputError) as err:
+        CheckChestCT()(chest_phantom(lungs=False), affine=DRAWN)
+    assert problem == err.value.problem and problem.startswith("not a chest CT")
 
 
 def test_the_same_lungs_count_in_millilitres_whatever_the_voxel_size():
