@@ -269,3 +269,11 @@ def test_real_normal_lungs_measure_like_lungs(shared_realct):  # ../shared/realc
         assert 2000 < r["lung_volume_ml"] < 8000, (r["name"], r["lung_volume_ml"])
         assert 50 < r["aerated_pct"] <= 100
         assert np.isfinite(r["psd_slope"]) and r["n_patches"] >= 10
+
+
+def test_short_slabs_of_covid_lungs_stay_chests(shared_realct):
+    """The RICORD COVID-19 slabs, one with only 178 mL of aerated lung, pass the chain's chest check, so the
+    realism report keeps them in their group instead of moving them to "real non-chest"."""
+    scans = [s for s in realism.find_real_scans(shared_realct) if s.group == realism.RICORD_POS]
+    assert len(scans) == 3
+    assert {r["group"] for r in realism.compare(scans)} == {realism.RICORD_POS}
