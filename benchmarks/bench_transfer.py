@@ -403,7 +403,9 @@ def stand_in_decision(work: Path, ckpt_dir: Path, record: dict[str, Any], args: 
     if not (cohort / "dataset_registry.csv").is_file():
         generate_cohort(cohort, per_category=args.per_category, seed=args.fit_seed, matrix=args.matrix,
                         workers=2, progress=False)  # fmt: skip
-    labels, prob, evidence = evidence_of(scored(evaluate_cohort(cohort, ckpt_dir, work / "eval_stand_in", record)))
+    labels, prob, evidence = evidence_of(
+        scored(evaluate_cohort(cohort, ckpt_dir, work / args.name / "eval_stand_in", record))
+    )
     stored = read_threshold(ckpt_dir) or {}
     lesion = has_lesion_output(record["network_name"])
     return fit_decision("classifier", labels, prob, evidence if lesion else None,
@@ -417,7 +419,12 @@ def main() -> None:
     parser.add_argument("--per-category", type=int, default=12)
     parser.add_argument("--matrix", type=int, default=256)
     parser.add_argument("--fit-seed", type=int, default=303, help="seed of the stand-in validation cohort")
-    parser.add_argument("--work", type=Path, default=None, help="folder for the cohorts and outputs (default: temp)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for the cohorts (reused by every checkpoint) and, in NAME/, this run's evaluations; default: temp",
+    )
     parser.add_argument("--figure", type=Path, default=IMAGES / "transfer_real_gradcam.png")
     parser.add_argument("--lesion-figure", type=Path, default=IMAGES / "transfer_lesion_maps.png")
     parser.add_argument("--name", default="transfer", help="results file stem (benchmarks/results/NAME.json, .md)")
@@ -450,7 +457,7 @@ def main() -> None:
         if not (cohort / "dataset_registry.csv").is_file():
             generate_cohort(cohort, per_category=args.per_category, seed=seed + DRAWS[args.draw], matrix=args.matrix,
                             scanner=scanner, workers=2, progress=False)  # fmt: skip
-        every = evaluate_cohort(cohort, args.ckpt_dir, work / f"eval_{cohort.name}", record)
+        every = evaluate_cohort(cohort, args.ckpt_dir, work / args.name / f"eval_{cohort.name}", record)
         rows = scored(every)
         _, prob, evidence = evidence_of(rows)
         evidence["involvement_generator"] = generator_fractions(cohort, rows)
