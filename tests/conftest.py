@@ -298,7 +298,8 @@ def axial_slices(source: Path, out: Path, start: int = 76, stop: int = 89, step:
     return out
 
 
-def _source(shared_realct: Path, relative: str) -> Path:
+def shared_source(shared_realct: Path, relative: str) -> Path:
+    """``shared_realct / relative``, or a skip naming it where it is absent."""
     path = shared_realct / relative
     if not path.exists():
         pytest.skip(f"{path} not found: third-party real CT is not in the repo")
@@ -322,19 +323,19 @@ def derived_realct(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_series(shared_realct, derived_realct) -> Path:
     """The 30-slice 8 mm real chest DICOM series at 128x128: a folder of ``*.dcm`` files."""
-    source = _source(shared_realct, f"dicom/{REALCT_SERIES}")
+    source = shared_source(shared_realct, f"dicom/{REALCT_SERIES}")
     return downsample_series(source, derived_realct / "Lung_Dx-A0002_thorax_8mm_128")
 
 
 @pytest.fixture(scope="session")
 def real_abdomen(shared_realct, derived_realct) -> Path:
     """A real abdomen/pelvis CT (almost no lung) at 6 mm: ``abdomen_ct_small.nii.gz``."""
-    source = _source(shared_realct, "nifti/abdomen_ct.nii.gz")
+    source = shared_source(shared_realct, "nifti/abdomen_ct.nii.gz")
     return downsample_nifti(source, derived_realct / "abdomen_ct_small.nii.gz")
 
 
 @pytest.fixture(scope="session")
 def real_chest_crop(shared_realct, derived_realct) -> Path:
     """4 axial slices of a real contrast chest CT crop: ``chest_cta_4slices.nii.gz``."""
-    source = _source(shared_realct, "nifti/chest_cta_crop.nii.gz")
+    source = shared_source(shared_realct, "nifti/chest_cta_crop.nii.gz")
     return axial_slices(source, derived_realct / "chest_cta_4slices.nii.gz")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared_source
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, Orientationd
 
@@ -73,10 +74,7 @@ SHORT_DISEASED_CHEST = "ricord_slabs/covid_positive/patient_2"
 
 def test_short_scan_of_real_diseased_lungs_is_a_chest(shared_realct):
     """A slab with little aerated lung is still a chest: its aerated lung fills a chest's share of the rib cage."""
-    path = shared_realct / SHORT_DISEASED_CHEST
-    if not path.is_dir():
-        pytest.skip(f"{path} not found: third-party real CT is not in the repo")
-    image = load(path)["image"]
+    image = load(shared_source(shared_realct, SHORT_DISEASED_CHEST))["image"]
     found = CheckChestCT().segment(image)
     aerated = aerated_lung_ml(image[0].numpy(), image.affine)
     assert MIN_SHORT_AERATED_ML < aerated < MIN_AERATED_ML  # refused by a whole chest's minimum
@@ -89,12 +87,11 @@ def test_short_scan_of_real_diseased_lungs_is_a_chest(shared_realct):
 def test_real_abdomen_refused_by_the_share_of_its_rib_cage(shared_realct, block):
     """The abdomen's lung bases fill 2-3 % of the cavity its lower ribs enclose: no short chest, whatever the
     slice thickness, even where partial volume lifts its aerated lung over the short scan's minimum."""
-    path = shared_realct / "nifti/abdomen_ct.nii.gz"
-    if not path.exists():
-        pytest.skip(f"{path} not found: third-party real CT is not in the repo")
-    image = load(path)["image"][0].numpy()
+    path = shared_source(shared_realct, "nifti/abdomen_ct.nii.gz")
+    loaded = load(path)["image"]
+    image = loaded[0].numpy()
     image = image[..., : image.shape[-1] // block * block].reshape(*image.shape[:2], -1, block).mean(-1)
-    affine = load(path)["image"].affine.numpy() @ np.diag([1.0, 1.0, block, 1.0])
+    affine = loaded.affine.numpy() @ np.diag([1.0, 1.0, block, 1.0])
     found = CheckChestCT(min_aerated_ml=0.0).segment(image, affine=affine)
     aerated = aerated_lung_ml(image, affine)
     assert aerated / found.cavity_ml < MIN_AERATED_CAVITY_SHARE / 3
