@@ -320,6 +320,11 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _with_ci(value: float | None, ci: Sequence[float] | None, digits: int) -> str:
+    """``value [low, high]``, or ``value`` alone without an interval."""
+    return f"{_fmt(value, digits)} [{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]" if ci else _fmt(value, digits)
+
+
 def _auc_text(m: Mapping[str, Any]) -> str:
     ci = m.get("auc_ci95")
     return f"{_fmt(m.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else f"{_fmt(m.get('auc'))} (no DeLong CI)"
@@ -361,18 +366,20 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [rule_row(f"{name} | {rule}", results[name]["rules"][rule]) for name in cohorts for rule in rules]
     lines += ["", "Involvement: MAE in percentage points against the truth on the network's grid (lesion mask in the "
               "chain's lung mask) and against the generator's drawn fraction (its own lung); category: calibrated "
-              "involvement, the rule applied.", "",
-              "| cohort (never trained on) | n | Spearman (calibrated) | MAE measured / calibrated, grid truth "
-              "| MAE measured / calibrated, generator | MAE grid truth vs generator | category kappa (quadratic) "
-              "| category accuracy |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "involvement, the rule applied; intervals: percentile bootstrap over the studies.", "",
+              "| cohort (never trained on) | n | Spearman (calibrated) "
+              "| MAE measured / calibrated [95 % CI], grid truth | MAE measured / calibrated [95 % CI], generator "
+              "| MAE grid truth vs generator | category kappa (quadratic) [95 % CI] | category accuracy |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name in (c for c in cohorts if "severity" in results[c]):
         sev = results[name]["severity"]
         cal, cat = sev["calibrated"], sev["category"]
         pairs = (("measured", "calibrated"), ("measured_vs_generator", "calibrated_vs_generator"))
-        mae = " | ".join(" / ".join(_fmt(sev[k]["mae_pp"], 1) for k in pair) for pair in pairs)
+        mae = " | ".join(f"{_fmt(sev[a]['mae_pp'], 1)} / {_with_ci(sev[b]['mae_pp'], sev[b].get('mae_pp_ci95'), 1)}"
+                         for a, b in pairs)  # fmt: skip
         mae += f" | {_fmt(sev['grid_truth_vs_generator']['mae_pp'], 1)}"
-        lines.append(f"| {name} | {cal['n']} | {_fmt(cal['spearman'])} | {mae} | {_fmt(cat['kappa_quadratic'])} "
-                     f"| {_fmt(cat['accuracy'])} |")  # fmt: skip
+        kappa = _with_ci(cat["kappa_quadratic"], cat.get("kappa_quadratic_ci95"), 3)
+        lines.append(f"| {name} | {cal['n']} | {_fmt(cal['spearman'])} | {mae} | {kappa} | {_fmt(cat['accuracy'])} |")
     if isinstance(results.get("real"), list):
         lines += ["", "| real scan | group | " + " | ".join(f"P {r}" for r in rules)
                   + " | lesion (mL) | involvement (calibrated) | Grad-CAM mass on lung |",

@@ -23,12 +23,14 @@ Intervals (95 % unless ``confidence_level`` says otherwise):
 - sensitivity, specificity, PPV, NPV, accuracy: Wilson score intervals of the underlying counts, which stay
   informative at 0 % and 100 %.
 - the ROC curve: a pointwise percentile bootstrap band, resampling within each class.
+- severity agreement (the involvement's MAE, the categories' quadratic kappa): a percentile bootstrap over the
+  cases, each resample keeping a case's prediction with its truth (``SEVERITY_BOOTSTRAP`` resamples, seeded).
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
@@ -82,6 +84,8 @@ CATEGORY_KEYS = (
 
 #: MosMedData severity categories, in order of lung involvement (0, < 25 %, 25-50 %, 50-75 %, > 75 %).
 SEVERITY_CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+#: Resamples and seed of the severity agreements' bootstrap intervals.
+SEVERITY_BOOTSTRAP, SEVERITY_SEED = 2000, 0
 
 
 def _as_arrays(
@@ -417,7 +421,8 @@ def involvement_agreement(predicted: Sequence[float | None], true: Sequence[floa
     Returns:
         ``n`` (cases with both values), ``n_without_truth`` (predicted but no true value), ``spearman``
         (``scipy.stats.spearmanr``; ``None`` below 3 cases or for constant values), ``spearman_p`` and
-        ``mae_pp``, the mean absolute error in percentage points (``None`` without cases).
+        ``mae_pp``, the mean absolute error in percentage points (``None`` without cases), with its bootstrap
+        interval ``mae_pp_ci95`` (:func:`_paired_bootstrap`).
     """
     pairs = [(float(a), float(b)) for a, b in zip(predicted, true) if a is not None and b is not None]
     result = {
@@ -426,11 +431,13 @@ def involvement_agreement(predicted: Sequence[float | None], true: Sequence[floa
         "spearman": None,
         "spearman_p": None,
         "mae_pp": None,
+        "mae_pp_ci95": None,
     }
     if not pairs:
         return result
     a, b = np.array(pairs).T
     result["mae_pp"] = float(100.0 * np.mean(np.abs(a - b)))
+    result["mae_pp_ci95"] = _paired_bootstrap(lambda x, y: 100.0 * np.mean(np.abs(x - y)), a, b)
     if len(pairs) >= 3:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", stats.ConstantInputWarning)
@@ -447,19 +454,62 @@ def category_agreement(
     Returns:
         ``n``, ``labels``, ``confusion`` (``sklearn.metrics.confusion_matrix``: rows the true category,
         columns the predicted one), ``accuracy`` and ``kappa_quadratic`` (``sklearn.metrics.cohen_kappa_score``
-        with quadratic weights; ``None`` without cases or when undefined, e.g. one category only).
+        with quadratic weights; ``None`` without cases or when undefined, e.g. one category only) with its
+        bootstrap interval ``kappa_quadratic_ci95`` (:func:`_paired_bootstrap`).
     """
     labels = list(labels)
     pairs = [(t, q) for q, t in zip(predicted, true) if q in labels and t in labels]
-    result = {"n": len(pairs), "labels": labels, "confusion": None, "accuracy": None, "kappa_quadratic": None}
+    result = {
+        "n": len(pairs),
+        "labels": labels,
+        "confusion": None,
+        "accuracy": None,
+        "kappa_quadratic": None,
+        "kappa_quadratic_ci95": None,
+    }
     if not pairs:
         return result
     t, q = (list(v) for v in zip(*pairs))
     confusion = skm.confusion_matrix(t, q, labels=labels)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        kappa = skm.cohen_kappa_score(t, q, labels=labels, weights="quadratic", replace_undefined_by=np.nan)
+    index = {label: i for i, label in enumerate(labels)}
+    ti, qi = np.array([index[v] for v in t]), np.array([index[v] for v in q])
+
+    def quadratic_kappa(x: np.ndarray, y: np.ndarray) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UndefinedMetricWarning)
+            return skm.cohen_kappa_score(
+                x, y, labels=np.arange(len(labels)), weights="quadratic", replace_undefined_by=np.nan
+            )
+
+    kappa = _finite(quadratic_kappa(ti, qi))
     result.update(
-        confusion=confusion.tolist(), accuracy=float(np.trace(confusion) / len(pairs)), kappa_quadratic=_finite(kappa)
+        confusion=confusion.tolist(),
+        accuracy=float(np.trace(confusion) / len(pairs)),
+        kappa_quadratic=kappa,
+        kappa_quadratic_ci95=None if kappa is None else _paired_bootstrap(quadratic_kappa, ti, qi),
     )
     return result
+
+
+def _paired_bootstrap(
+    statistic: Callable[[np.ndarray, np.ndarray], float], a: np.ndarray, b: np.ndarray
+) -> list[float] | None:
+    """The 95 % percentile bootstrap interval of ``statistic(a, b)`` over cases resampled in pairs (``a[i]`` with
+    ``b[i]``; ``scipy.stats.bootstrap``, ``SEVERITY_BOOTSTRAP`` resamples, seed ``SEVERITY_SEED``); ``None`` below
+    three cases, or when resamples leave it undefined (a kappa of one category)."""
+    if len(a) < 3:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        ci = stats.bootstrap(
+            (a, b),
+            statistic,
+            paired=True,
+            vectorized=False,
+            n_resamples=SEVERITY_BOOTSTRAP,
+            confidence_level=CONFIDENCE_LEVEL,
+            method="percentile",
+            random_state=SEVERITY_SEED,
+        ).confidence_interval
+    low, high = _finite(float(ci.low)), _finite(float(ci.high))
+    return None if low is None or high is None else [low, high]

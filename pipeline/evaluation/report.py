@@ -409,10 +409,12 @@ def _severity_section(severity: Mapping, rows: Sequence[Mapping]) -> list[str]:
     if involvement:
         n = f"n = {involvement['n']}, {involvement['n_without_truth']} without a true involvement"
         table.append(["Involvement: Spearman ρ", _fmt(involvement["spearman"]), f"predicted vs true fraction; {n}"])
-        table.append(["Involvement: MAE", _fmt(involvement["mae_pp"]), "mean |predicted - true|, percentage points"])
+        mae_how = "mean |predicted - true|, percentage points; 95 % CI " + _fmt_ci(involvement.get("mae_pp_ci95"))
+        table.append(["Involvement: MAE", _fmt(involvement["mae_pp"]), mae_how + " (bootstrap over studies)"])
     if category:
         n = f"n = {category['n']} with both categories known"
-        table.append(["Category: quadratic-weighted κ", _fmt(category["kappa_quadratic"]), f"Cohen's kappa; {n}"])
+        kappa_how = f"Cohen's kappa; {n}; 95 % CI {_fmt_ci(category.get('kappa_quadratic_ci95'))} (bootstrap)"
+        table.append(["Category: quadratic-weighted κ", _fmt(category["kappa_quadratic"]), kappa_how])
         table.append(["Category: accuracy", _fmt(category["accuracy"]), "predicted category = true category"])
     parts.append(_table(["Metric", "Value", "Definition"], table, numeric=(1,)))
     if category and category["confusion"]:

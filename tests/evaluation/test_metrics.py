@@ -259,6 +259,27 @@ def test_involvement_agreement():
     constant = involvement_agreement([0.1, 0.2, 0.3], [0.5, 0.5, 0.5])
     assert constant["spearman"] is None and constant["mae_pp"] == pytest.approx(30.0)
     assert involvement_agreement([0.1], [None])["mae_pp"] is None
+    assert a["mae_pp_ci95"][0] <= a["mae_pp"] <= a["mae_pp_ci95"][1]
+    low, high = constant["mae_pp_ci95"]  # the cases err by 40, 30 and 20 points: a resample's mean lies between
+    assert 20.0 - 1e-9 <= low < 30.0 < high <= 40.0 + 1e-9
+    assert involvement_agreement([0.1, 0.2], [0.1, 0.3])["mae_pp_ci95"] is None  # under three cases
+
+
+def test_severity_intervals_narrow_with_more_studies_and_are_reproducible():
+    rng = np.random.default_rng(0)
+    labels = ["CT-0", "CT-1", "CT-2", "CT-3", "CT-4"]
+    widths = {}
+    for n in (20, 200):
+        true = rng.uniform(0.0, 1.0, n)
+        measured = np.clip(true + rng.normal(0.0, 0.08, n), 0.0, 1.0)
+        grade = lambda v: [labels[min(int(x * 5), 4)] for x in v]  # noqa: E731
+        mae = involvement_agreement(list(measured), list(true))
+        kappa = category_agreement(grade(measured), grade(true))
+        assert mae["mae_pp_ci95"][0] < mae["mae_pp"] < mae["mae_pp_ci95"][1]
+        assert kappa["kappa_quadratic_ci95"][0] < kappa["kappa_quadratic"] <= kappa["kappa_quadratic_ci95"][1] <= 1.0
+        assert category_agreement(grade(measured), grade(true))["kappa_quadratic_ci95"] == kappa["kappa_quadratic_ci95"]
+        widths[n] = (np.diff(mae["mae_pp_ci95"])[0], np.diff(kappa["kappa_quadratic_ci95"])[0])
+    assert widths[200][0] < 0.5 * widths[20][0] and widths[200][1] < 0.5 * widths[20][1]  # about sqrt(10) narrower
 
 
 def test_category_agreement():
@@ -273,6 +294,8 @@ def test_category_agreement():
     assert a["kappa_quadratic"] == pytest.approx(skm.cohen_kappa_score(t, q, weights="quadratic"))
     assert a["accuracy"] == pytest.approx(3 / 6)
     assert category_agreement(["CT-1"], ["CT-1"])["kappa_quadratic"] is None  # undefined with one category
+    assert category_agreement(["CT-1"], ["CT-1"])["kappa_quadratic_ci95"] is None
+    assert a["kappa_quadratic_ci95"][0] <= a["kappa_quadratic"] <= a["kappa_quadratic_ci95"][1]
     assert category_agreement([""], ["CT-1"])["confusion"] is None
 
 
