@@ -327,7 +327,7 @@ def _with_ci(value: float | None, ci: Sequence[float] | None, digits: int) -> st
 
 def _auc_text(m: Mapping[str, Any]) -> str:
     ci = m.get("auc_ci95")
-    return f"{_fmt(m.get('auc'))} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else f"{_fmt(m.get('auc'))} (no DeLong CI)"
+    return _with_ci(m.get("auc"), ci, 3) if ci else f"{_fmt(m.get('auc'))} (no DeLong CI)"
 
 
 def cohort_metrics(decision: Mapping[str, Any], rows: Sequence[Mapping[str, str]]) -> dict[str, Any]:
